@@ -1,0 +1,99 @@
+//! The container credentials endpoint (`AWS_CONTAINER_CREDENTIALS_FULL_URI`).
+//!
+//! `GET /v1/credentials` serves the role defined by flags and
+//! `GET /v1/credentials/NAME` each role of the config file; each opens only
+//! with that role's token, sent raw in `Authorization` (sdk-contract
+//! section 1). Answers come from memory.
+
+use std::sync::Arc;
+
+use http::header::AUTHORIZATION;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::app::Shared;
+use crate::auth::Check;
+use crate::metrics::{Endpoint, Metrics};
+use crate::server::{self, json_error, Body, Handler};
+use crate::state::{Answer, RoleState};
+
+pub struct Container {
+    pub shared: Arc<Shared>,
+}
+
+impl Handler for Container {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::Container
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let role = match self.shared.roles.load().by_path(req.uri().path()) {
+            Some(r) => r.clone(),
+            None => return server::not_found(),
+        };
+        if req.method() != Method::GET {
+            return server::method_not_allowed("GET");
+        }
+        let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+        match role.tokens().check(header) {
+            Check::Current => {}
+            Check::Previous => self.shared.metrics.previous_token_used(role.name()),
+            denied => return unauthorized(denied),
+        }
+        let answer = role
+            .answer_waiting(|| self.shared.clock.now(), false, self.shared.cold_wait)
+            .await;
+        respond(&role, answer, "application/json")
+    }
+}
+
+fn unauthorized(check: Check) -> Response<Body> {
+    let message = match check {
+        Check::Missing => {
+            "missing Authorization header: send the content of the file named by \
+             AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"
+        }
+        Check::Bearer => {
+            "send the raw token in Authorization, without the 'Bearer ' prefix, as AWS SDKs do"
+        }
+        _ => "the Authorization token does not open this role; re-read the token file",
+    };
+    json_error(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+}
+
+/// Turns a role's answer into a response. Shared with the IMDS endpoint.
+pub fn respond(role: &RoleState, answer: Answer, content_type: &'static str) -> Response<Body> {
+    match answer {
+        Answer::Serve(body) => server::ok(body, content_type),
+        Answer::Cold => server::unavailable(
+            "CredentialsNotReady",
+            &format!(
+                "role {}: the first credentials are still being fetched; retry",
+                role.name()
+            ),
+            1,
+        ),
+        Answer::Unavailable(Some(e)) => server::unavailable(
+            &e.code,
+            &format!(
+                "role {}: no valid credentials to serve; the last STS call failed: {}: {}",
+                role.name(),
+                e.code,
+                e.message
+            ),
+            5,
+        ),
+        Answer::Unavailable(None) => server::unavailable(
+            "CredentialsExpiring",
+            &format!(
+                "role {}: the credentials reached their serving floor before renewal succeeded",
+                role.name()
+            ),
+            5,
+        ),
+    }
+}

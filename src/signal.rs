@@ -1,0 +1,58 @@
+//! Process signals and systemd notifications.
+//!
+//! Signals are received by signal-hook on a dedicated thread and forwarded
+//! into the runtime as plain events; nothing async runs in a handler.
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// SIGTERM or SIGINT.
+    Stop,
+    /// SIGHUP.
+    Reload,
+}
+
+/// Starts forwarding signals; events arrive on the returned channel.
+pub fn listen() -> std::io::Result<mpsc::UnboundedReceiver<Event>> {
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                let ev = if sig == SIGHUP {
+                    Event::Reload
+                } else {
+                    Event::Stop
+                };
+                if tx.send(ev).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// Tells systemd (when NOTIFY_SOCKET is set) about a state change. A
+/// failure is logged, never fatal: credvend also runs outside systemd.
+pub fn notify(state: &[sd_notify::NotifyState]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// The watchdog interval systemd asked for, if any.
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        Some(std::time::Duration::from_micros(usec / 2))
+    } else {
+        None
+    }
+}
