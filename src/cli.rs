@@ -45,7 +45,7 @@ pub struct EnvArgs {
     pub serve: ServeArgs,
     /// Print the lines for this role of the --config file instead of the
     /// role defined by flags.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long = "role", value_name = "NAME")]
     pub role_name: Option<String>,
 }
 
@@ -80,7 +80,12 @@ pub struct RoleArgs {
     pub session_name: Option<String>,
 
     /// ExternalId required by the role's trust policy.
-    #[arg(long, env = "CREDVEND_EXTERNAL_ID", value_name = "ID")]
+    #[arg(
+        long,
+        env = "CREDVEND_EXTERNAL_ID",
+        value_name = "ID",
+        hide_env_values = true
+    )]
     pub external_id: Option<String>,
 
     /// Session duration asked of STS (15m to 12h).

@@ -314,7 +314,17 @@ fn role_from_flags(r: &RoleArgs, min_session: Duration) -> Result<RoleSpec, Conf
         token_file,
         min_session,
     )
-    .map_err(|(key, msg)| invalid(format!("--{}: {msg}", key.replace('_', "-"))))
+    .map_err(|(key, msg)| invalid(format!("{}: {msg}", flag_for(key))))
+}
+
+/// The command-line flag behind a config key, for error messages.
+fn flag_for(key: &str) -> String {
+    match key {
+        "tags" => "--tag".into(),
+        "transitive_tag_keys" => "--transitive-tag-key".into(),
+        "policy_arns" => "--policy-arn".into(),
+        k => format!("--{}", k.replace('_', "-")),
+    }
 }
 
 /// Where the token file goes when none is given: systemd's runtime

@@ -1,0 +1,9 @@
+//! Integration tests: one binary (house style), one module per concern.
+//! They drive the real credvend binary (or the real `App`) over real
+//! sockets, with moto and real SDK clients. Run them with scripts/test.
+
+mod common;
+
+mod e2e;
+mod startup;
+mod wire;
