@@ -122,8 +122,9 @@ pub struct RoleArgs {
     )]
     pub policy_arns: Vec<String>,
 
-    /// Start renewing this long before expiry. Default: 35m for sessions of
-    /// 1h or more, two thirds of the session below that.
+    /// Start renewing this long before expiry. Default: 35m, or 30% of the
+    /// session if longer, for sessions of 1h or more; two thirds of shorter
+    /// sessions.
     #[arg(long, env = "CREDVEND_REFRESH_LEAD", value_name = "DURATION", value_parser = parse_duration)]
     pub refresh_lead: Option<Duration>,
 

@@ -67,31 +67,28 @@ fn unauthorized(check: Check) -> Response<Body> {
 
 /// Turns a role's answer into a response. Shared with the IMDS endpoint.
 pub fn respond(role: &RoleState, answer: Answer, content_type: &'static str) -> Response<Body> {
+    let name = role.name();
     match answer {
         Answer::Serve(body) => server::ok(body, content_type),
-        Answer::Cold => server::unavailable(
+        Answer::Cold(None) => server::unavailable(
             "CredentialsNotReady",
-            &format!(
-                "role {}: the first credentials are still being fetched; retry",
-                role.name()
-            ),
+            &format!("role {name}: the first credentials are still being fetched; retry"),
+            1,
+        ),
+        Answer::Cold(Some(e)) => server::unavailable(
+            &e.code,
+            &format!("role {name}: no credentials yet; the last STS call failed: {e}"),
             1,
         ),
         Answer::Unavailable(Some(e)) => server::unavailable(
             &e.code,
-            &format!(
-                "role {}: no valid credentials to serve; the last STS call failed: {}: {}",
-                role.name(),
-                e.code,
-                e.message
-            ),
+            &format!("role {name}: no valid credentials to serve; the last STS call failed: {e}"),
             5,
         ),
         Answer::Unavailable(None) => server::unavailable(
             "CredentialsExpiring",
             &format!(
-                "role {}: the credentials reached their serving floor before renewal succeeded",
-                role.name()
+                "role {name}: the credentials reached their serving floor before renewal succeeded"
             ),
             5,
         ),

@@ -56,8 +56,9 @@ pub struct Current {
 /// What the request path can answer for a role right now.
 pub enum Answer {
     Serve(Bytes),
-    /// No credentials yet; the first fetch is still under way.
-    Cold,
+    /// No credentials yet: the first fetch is under way or being retried
+    /// (with the error of the last attempt, if one failed).
+    Cold(Option<Arc<FetchError>>),
     /// Nothing valid to serve: the last upstream error (if any).
     Unavailable(Option<Arc<FetchError>>),
 }
@@ -150,8 +151,7 @@ impl RoleState {
                 Answer::Serve(body.clone())
             }
             Some(_) => Answer::Unavailable(self.last_error()),
-            None if self.last_error.load().is_some() => Answer::Unavailable(self.last_error()),
-            None => Answer::Cold,
+            None => Answer::Cold(self.last_error()),
         }
     }
 
@@ -164,7 +164,7 @@ impl RoleState {
         wait: Duration,
     ) -> Answer {
         match self.answer(now(), imds) {
-            Answer::Cold => {
+            Answer::Cold(_) => {
                 let mut rx = self.generation.subscribe();
                 let _ = tokio::time::timeout(wait, rx.wait_for(|g| *g > 0)).await;
                 self.answer(now(), imds)

@@ -10,9 +10,10 @@
 //! issued ........ renew window [expires-lead-J, expires-lead] ........ floor | expires
 //! ```
 //!
-//! * `lead` is how long before expiry renewal starts. The default keeps 35
-//!   minutes in hand for sessions of an hour or more, so a healthy credvend
-//!   never serves less than 30 minutes (SDKs start refetching below 15).
+//! * `lead` is how long before expiry renewal starts. The default keeps at
+//!   least 35 minutes in hand for sessions of an hour or more (30% of the
+//!   session for long ones), so a healthy credvend never serves less than
+//!   30 minutes (SDKs start refetching below 15).
 //! * `J`, the jitter window, spreads renewals of many instances or roles
 //!   started together. It only ever moves renewal earlier.
 //! * `floor` (`--min-remaining`) is the point after which a credential is no
@@ -42,11 +43,13 @@ pub struct Timing {
     pub min_remaining: Duration,
 }
 
-/// The lead used when `--refresh-lead` is not given: 35 minutes for sessions
-/// of an hour or more, two thirds of the session below that.
+/// The lead used when `--refresh-lead` is not given. For sessions of an
+/// hour or more: 35 minutes, or 30% of the session if that is more, so
+/// long sessions are renewed at about 70% of their life and survive hours
+/// of STS trouble. Below an hour: two thirds of the session.
 pub fn default_lead(duration: Duration) -> Duration {
     if duration >= Duration::from_secs(3600) {
-        DEFAULT_LEAD
+        DEFAULT_LEAD.max(duration * 3 / 10)
     } else {
         duration * 2 / 3
     }
@@ -216,6 +219,15 @@ mod tests {
     }
 
     #[test]
+    fn long_sessions_renew_at_seventy_percent() {
+        assert_eq!(default_lead(mins(120)), mins(36));
+        assert_eq!(default_lead(mins(720)), mins(216));
+        let (t, _) = validate(mins(720), None, mins(1)).unwrap();
+        let at_latest = refresh_at(at(0), at(720 * 60), at(0), &t, 0.0);
+        assert_eq!(at_latest, at(504 * 60));
+    }
+
+    #[test]
     fn impossible_settings_are_refused_with_numbers() {
         assert_eq!(
             validate(mins(10), None, mins(1)).unwrap_err(),
@@ -327,7 +339,7 @@ mod tests {
             // 35 minutes at renewal start leaves 5 minutes of retries before
             // anything served drops under 30.
             prop_assert!(left >= DEFAULT_LEAD, "only {left:?} left");
-            prop_assert!(left <= DEFAULT_LEAD + MAX_JITTER);
+            prop_assert!(left >= t.lead && left <= t.lead + MAX_JITTER);
         }
 
         #[test]

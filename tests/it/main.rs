@@ -5,5 +5,7 @@
 mod common;
 
 mod e2e;
+mod faults;
+mod renewal;
 mod startup;
 mod wire;

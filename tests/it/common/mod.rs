@@ -559,3 +559,71 @@ pub fn rust_sdk_identity(provider: &str, env: &[(String, String)]) -> serde_json
 pub fn assumed(session: &str) -> String {
     format!("arn:aws:sts::{ACCOUNT}:assumed-role/demo/{session}")
 }
+
+/// A keep-alive HTTP/1.1 connection for request loops.
+pub struct Conn {
+    stream: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> std::io::Result<Conn> {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.set_nodelay(true)?;
+        Ok(Conn {
+            stream: BufReader::new(s),
+        })
+    }
+
+    /// Sends a GET and reads one response (Content-Length framed).
+    pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Resp> {
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.stream.get_mut().write_all(req.as_bytes())?;
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            if self.stream.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push(line.trim_end().to_string());
+        }
+        let status = head[0]
+            .split(' ')
+            .nth(1)
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        let headers: Vec<(String, String)> = head[1..]
+            .iter()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        self.stream.read_exact(&mut body)?;
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Seconds from now until an `Expiration` timestamp.
+pub fn remaining(expiration: &str) -> f64 {
+    let t = time::OffsetDateTime::parse(expiration, &time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    (t - now).as_seconds_f64()
+}
