@@ -6,6 +6,7 @@ mod common;
 
 mod e2e;
 mod faults;
+mod imds;
 mod renewal;
 mod startup;
 mod wire;

@@ -45,6 +45,7 @@ impl Step {
 struct Inner {
     script: Mutex<VecDeque<Step>>,
     default: Mutex<Option<Step>>,
+    per_role: Mutex<HashMap<String, Step>>,
     calls: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -104,6 +105,23 @@ impl FakeSts {
     pub fn set_default(&self, step: Step) {
         *self.inner.default.lock().unwrap() = Some(step);
     }
+    /// What calls for the role named `name` (the last part of its ARN) get,
+    /// ahead of the script and the default.
+    pub fn set_role(&self, name: &str, step: Step) {
+        self.inner
+            .per_role
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), step);
+    }
+    /// Calls made for one role (by the last part of its ARN).
+    pub fn calls_for(&self, name: &str) -> usize {
+        let suffix = format!("/{name}");
+        self.requests()
+            .iter()
+            .filter(|r| r.get("RoleArn").is_some_and(|a| a.ends_with(&suffix)))
+            .count()
+    }
     pub fn calls(&self) -> usize {
         self.inner.calls.load(Ordering::SeqCst)
     }
@@ -132,11 +150,13 @@ async fn handle(state: &Inner, req: Request<hyper::body::Incoming>) -> Response<
         .unwrap_or_default();
     let form = parse_form(&String::from_utf8_lossy(&body));
     state.requests.lock().unwrap().push(form.clone());
-    let step = state
-        .script
-        .lock()
-        .unwrap()
-        .pop_front()
+    let role = form
+        .get("RoleArn")
+        .and_then(|a| a.rsplit('/').next())
+        .unwrap_or("");
+    let rule = state.per_role.lock().unwrap().get(role).cloned();
+    let step = rule
+        .or_else(|| state.script.lock().unwrap().pop_front())
         .or_else(|| state.default.lock().unwrap().clone())
         .unwrap_or(Step::Ok);
     let resp = respond(state, n, &form, step).await;
