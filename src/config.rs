@@ -156,7 +156,13 @@ pub fn load(args: &ServeArgs) -> Result<Settings, ConfigError> {
                 .unwrap_or_default()
         )));
     }
-    check_unique(&roles)?;
+    check_unique(&roles).map_err(|e| match &server.config {
+        Some(path) => ConfigError::File {
+            path: path.clone(),
+            message: e.to_string(),
+        },
+        None => e,
+    })?;
     Ok(Settings {
         server,
         listen,
@@ -178,7 +184,9 @@ fn check_unique(roles: &[RoleSpec]) -> Result<(), ConfigError> {
                     a.token_file.display()
                 )));
             }
-            if a.imds_listen.is_some() && a.imds_listen == b.imds_listen {
+            // Port 0 asks for a fresh port each time, so it cannot clash.
+            let fixed = a.imds_listen.as_deref().is_some_and(|l| !l.ends_with(":0"));
+            if fixed && a.imds_listen == b.imds_listen {
                 return Err(invalid(format!(
                     "roles `{}` and `{}` both set imds_listen {}: an IMDS listener serves one role",
                     a.name,

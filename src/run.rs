@@ -65,6 +65,15 @@ pub fn init_logging(server: &ServerArgs) {
     }
 }
 
+/// Reports a fatal start-up error once: as a JSON log line when logs are
+/// JSON (for log pipelines), else as a plain line on stderr.
+fn fatal(server: &ServerArgs, msg: &str) {
+    match server.log_format {
+        LogFormat::Json => tracing::error!("{msg}"),
+        LogFormat::Text => eprintln!("credvend: {msg}"),
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -79,8 +88,7 @@ pub fn serve(args: ServeArgs) -> u8 {
     let settings = match config::load(&args) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!("invalid configuration: {e}");
-            eprintln!("credvend: {e}");
+            fatal(&args.server, &format!("invalid configuration: {e}"));
             return EXIT_CONFIG;
         }
     };
@@ -91,8 +99,7 @@ async fn serve_async(args: ServeArgs, mut settings: Settings) -> u8 {
     let (base, chained) = match prepare_base(&mut settings).await {
         Ok(b) => b,
         Err((code, msg)) => {
-            tracing::error!("{msg}");
-            eprintln!("credvend: {msg}");
+            fatal(&args.server, &msg);
             return code;
         }
     };
@@ -106,8 +113,7 @@ async fn serve_async(args: ServeArgs, mut settings: Settings) -> u8 {
         Ok(a) => a,
         Err(e) => {
             let msg = format!("{e:#}");
-            tracing::error!("cannot start: {msg}");
-            eprintln!("credvend: {msg}");
+            fatal(&args.server, &format!("cannot start: {msg}"));
             return if msg.contains("NoRegion") || msg.contains("no AWS region") {
                 EXIT_CONFIG
             } else {
@@ -133,8 +139,7 @@ async fn serve_async(args: ServeArgs, mut settings: Settings) -> u8 {
                         .map(|h| format!(" (hint: {h})"))
                         .unwrap_or_default()
                 );
-                tracing::error!("{msg}");
-                eprintln!("credvend: {msg}");
+                fatal(&args.server, &msg);
                 app.begin_shutdown();
                 app.finish().await;
                 return EXIT_UPSTREAM;

@@ -8,5 +8,6 @@ mod e2e;
 mod faults;
 mod imds;
 mod renewal;
+mod roles;
 mod startup;
 mod wire;
