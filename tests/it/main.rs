@@ -4,9 +4,12 @@
 
 mod common;
 
+mod abuse;
+
 mod e2e;
 mod faults;
 mod imds;
+mod leak;
 mod renewal;
 mod roles;
 mod startup;
