@@ -10,6 +10,8 @@ mod e2e;
 mod faults;
 mod imds;
 mod leak;
+mod lifecycle;
+mod metrics;
 mod renewal;
 mod roles;
 mod startup;

@@ -104,6 +104,7 @@ fn no_region_and_no_endpoint_is_a_config_error() {
     // for opt-in regions).
     let mut d = DaemonBuilder::new("start-region")
         .no_env("AWS_REGION")
+        .no_env("AWS_ENDPOINT_URL_STS")
         .args(&["--role-arn", ROLE_ARN])
         .spawn();
     let status = d.wait_exit(Duration::from_secs(15));

@@ -152,6 +152,24 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]
     raw(addr, req.as_bytes())
 }
 
+/// Like [`http`], but None when the connection is refused or closed
+/// without a response.
+pub fn try_http(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Option<Resp> {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(req.as_bytes()).ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf.windows(4)
+        .any(|w| w == b"\r\n\r\n")
+        .then(|| parse(&buf))
+}
+
 /// Sends raw bytes and parses whatever comes back.
 pub fn raw(addr: SocketAddr, bytes: &[u8]) -> Resp {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
@@ -227,6 +245,9 @@ impl DaemonBuilder {
         env.insert("AWS_ACCESS_KEY_ID".into(), BASE_KEY_ID.into());
         env.insert("AWS_SECRET_ACCESS_KEY".into(), BASE_SECRET.into());
         env.insert("AWS_REGION".into(), "us-east-1".into());
+        // Safety net: a role a test forgets to point at an emulator goes to
+        // a closed loopback port, never to the real STS.
+        env.insert("AWS_ENDPOINT_URL_STS".into(), CLOSED.into());
         let token = dir.join("token").display().to_string();
         let args = [
             "serve",
