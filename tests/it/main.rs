@@ -4,6 +4,8 @@
 
 mod common;
 
+mod check;
 mod e2e;
+mod exec;
 mod startup;
 mod wire;
