@@ -4,6 +4,7 @@
 //! systemd unit and the Helm chart configure credvend. Flag names are public
 //! interface: renaming one breaks deployments.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,6 +30,16 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the two `export` lines a workload needs to use a running credvend.
     Env(EnvArgs),
+    /// Run one command with a role's credentials, served on a private
+    /// loopback port for as long as the command runs.
+    Exec(ExecArgs),
+    /// Check without serving that every role can get credentials, and say
+    /// why not.
+    Check(CheckArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff) of credvend, or of one of its commands.
+    Man(ManArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -47,6 +58,75 @@ pub struct EnvArgs {
     /// role defined by flags.
     #[arg(long = "role", value_name = "NAME")]
     pub role_name: Option<String>,
+}
+
+/// `exec` makes its own token and serves only the container endpoint, so
+/// two role options do not apply to it.
+#[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("token_file", |a| a.hide(true)),
+    mut_arg("imds_listen", |a| a.hide(true))
+)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub role: RoleArgs,
+
+    /// How long to wait for the first credentials before giving up (exit 69)
+    /// when STS does not answer or keeps throttling.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub start_timeout: Duration,
+
+    /// credvend's own log level; its logs share stderr with the command's,
+    /// so only warnings and errors by default. RUST_LOG is left to the
+    /// command.
+    #[arg(long, value_name = "FILTER", default_value = "warn")]
+    pub log_level: String,
+
+    /// Testing only: allow sessions down to 10s.
+    #[arg(long, env = "CREDVEND_TESTING_SHORT_SESSIONS", hide = true)]
+    pub testing_short_sessions: bool,
+
+    /// The command to run, and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub role: RoleArgs,
+
+    /// TOML file describing named roles; each is checked.
+    #[arg(long, env = "CREDVEND_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Report format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+
+    /// Time limit of one STS call.
+    #[arg(long, env = "CREDVEND_STS_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub sts_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ManArgs {
+    /// The command whose page to print (serve, env, exec, check, ...).
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
 }
 
 /// How one role's credentials are obtained. The same options exist per role
@@ -260,6 +340,18 @@ pub struct ServerArgs {
     /// Log level or filter (overrides RUST_LOG), e.g. info or credvend=debug.
     #[arg(long, env = "CREDVEND_LOG_LEVEL", value_name = "FILTER")]
     pub log_level: Option<String>,
+}
+
+/// The server settings as `serve` would have them with no flags: defaults,
+/// plus any `CREDVEND_*` variable. For commands that serve privately
+/// (`exec`) or not at all (`check`), which then override what they own.
+pub fn default_server_args() -> Result<ServerArgs, clap::Error> {
+    #[derive(Parser)]
+    struct Only {
+        #[command(flatten)]
+        server: ServerArgs,
+    }
+    Only::try_parse_from(["credvend"]).map(|o| o.server)
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {

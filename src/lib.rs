@@ -9,10 +9,13 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod container;
 pub mod creds;
+pub mod exec;
+pub mod generate;
 pub mod imds;
 pub mod metrics;
 pub mod refresh;

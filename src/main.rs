@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use credvend::cli::{Cli, Command};
-use credvend::run;
+use credvend::{check, exec, generate, run};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -22,6 +22,10 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Serve(args) => run::serve(args),
         Command::Env(args) => run::env(args),
+        Command::Exec(args) => exec::exec(args),
+        Command::Check(args) => check::check(args),
+        Command::Completions(args) => generate::completions(args.shell),
+        Command::Man(args) => generate::man(args.command.as_deref()),
     };
     ExitCode::from(code)
 }

@@ -74,7 +74,7 @@ fn fatal(server: &ServerArgs, msg: &str) {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("credvend")
@@ -251,7 +251,7 @@ fn chaining_rules(settings: &mut Settings, chained: bool) -> Result<(), String> 
 
 /// Loads the shared AWS configuration and, when some role needs base
 /// credentials, checks them (F23) and applies the role-chaining cap (F21).
-async fn prepare_base(settings: &mut Settings) -> Result<(Arc<Base>, bool), (u8, String)> {
+pub async fn prepare_base(settings: &mut Settings) -> Result<(Arc<Base>, bool), (u8, String)> {
     let region = settings.roles.iter().find_map(|r| r.source.region.clone());
     let base = Base::load(region, settings.server.sts_timeout).await;
     for role in &settings.roles {

@@ -5,8 +5,9 @@
 mod common;
 
 mod abuse;
-
+mod check;
 mod e2e;
+mod exec;
 mod faults;
 mod imds;
 mod leak;
