@@ -278,7 +278,7 @@ where
             se.err().code().unwrap_or("Unknown"),
             se.err().message().unwrap_or("STS returned an error")
         ),
-        _ => aws_smithy_types::error::display::DisplayErrorContext(e).to_string(),
+        _ => crate::sts::error_chain(e),
     }
 }
 

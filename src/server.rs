@@ -205,3 +205,28 @@ pub fn unavailable(code: &str, message: &str, retry_after_s: u64) -> Response<Bo
 pub fn is_get(m: &Method) -> bool {
     m == Method::GET || m == Method::HEAD
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_get_the_hop_limit() {
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(l) = TcpListener::bind(addr).await else {
+                continue; // no IPv6 on this host
+            };
+            let a = l.local_addr().unwrap();
+            let _client = TcpStream::connect(a).await.unwrap();
+            let (server, _) = l.accept().await.unwrap();
+            prepare(&server, Some(1));
+            let sock = socket2::SockRef::from(&server);
+            let hops = if a.is_ipv6() {
+                sock.unicast_hops_v6()
+            } else {
+                sock.ttl()
+            };
+            assert_eq!(hops.unwrap(), 1, "{addr}");
+        }
+    }
+}

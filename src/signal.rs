@@ -47,12 +47,15 @@ pub fn notify(state: &[sd_notify::NotifyState]) {
     }
 }
 
-/// The watchdog interval systemd asked for, if any.
+/// Half the watchdog interval systemd asked for, if any. As
+/// sd_watchdog_enabled(3) has it, `WATCHDOG_PID`, when set, must name this
+/// process (the variable may have been inherited from a parent).
 pub fn watchdog_interval() -> Option<std::time::Duration> {
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(std::time::Duration::from_micros(usec / 2))
-    } else {
-        None
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
     }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
 }

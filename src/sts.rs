@@ -91,6 +91,7 @@ const OPERATOR_CODES: &[&str] = &[
     "UnrecognizedClientException",
     "SignatureDoesNotMatch",
     "IncompleteSignature",
+    "RequestExpired",
     "MalformedPolicyDocument",
     "PackedPolicyTooLarge",
     "RegionDisabledException",
@@ -103,6 +104,22 @@ const OPERATOR_CODES: &[&str] = &[
     "TokenFileUnreadable",
     "NoBaseCredentials",
 ];
+
+/// An error and its sources on one line, Display only: SDK errors' Debug
+/// forms are long and say nothing more to an operator.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
 
 /// Classifies an STS error code (and HTTP status, when there was one).
 pub fn classify(code: &str, status: Option<u16>) -> ErrorClass {
@@ -123,6 +140,18 @@ pub fn hint(code: &str, spec: &SourceSpec) -> Option<String> {
     };
     let web = !token_file.is_empty();
     let h = match code {
+        "AccessDenied" | "AccessDeniedException"
+            if matches!(spec.kind, SourceKind::SessionToken) =>
+        {
+            "GetSessionToken needs long-term base credentials (an IAM user's keys): temporary \
+             credentials cannot call it; give --role-arn to assume a role instead"
+                .to_string()
+        }
+        "RequestExpired" => {
+            "STS saw a request signed too long ago: this host's clock is off by more than \
+             5 minutes; check NTP"
+                .to_string()
+        }
         "AccessDenied" | "AccessDeniedException" => {
             "the role's trust policy does not let this caller assume it, or the external id, \
              session tags or source identity do not match its conditions"
@@ -267,10 +296,27 @@ impl Base {
                 provider: guess_provider(),
                 temporary: c.session_token().is_some(),
             }),
-            Ok(Err(e)) => Err(StartupError::NoBaseCredentials(format!(
-                "no base credentials for STS ({}): {tried}; {fix}",
-                aws_smithy_types::error::display::DisplayErrorContext(&e)
-            ))),
+            Ok(Err(e)) => {
+                // The SDK lists each provider's answer after "Attempted:";
+                // keep those lines, minus their repeated preamble.
+                let chain = error_chain(&e);
+                let detail: Vec<String> = chain
+                    .split_once("Attempted:")
+                    .map(|(_, rest)| rest)
+                    .unwrap_or(&chain)
+                    .lines()
+                    .map(|l| {
+                        l.trim()
+                            .replace("the credential provider was not enabled: ", "")
+                    })
+                    .filter(|l| !l.is_empty())
+                    .map(|l| format!("\n  {l}"))
+                    .collect();
+                Err(StartupError::NoBaseCredentials(format!(
+                    "no base credentials for STS: {tried}. What each said:{}\n{fix}",
+                    detail.concat()
+                )))
+            }
             Err(_) => Err(StartupError::NoBaseCredentials(format!(
                 "no base credentials for STS: the default chain did not answer within 8s; \
                  {tried}; {fix}"
@@ -345,12 +391,27 @@ fn guess_provider() -> String {
     let home = std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_default();
+    let file = |var: &str, default: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join(default))
+    };
+    let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let credentials = read(file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"));
+    let config = read(file("AWS_CONFIG_FILE", ".aws/config"));
+    // A config file that only sets a region provides no credentials.
+    let profile_has_creds = credentials.contains("aws_access_key_id")
+        || [
+            "aws_access_key_id",
+            "credential_process",
+            "role_arn",
+            "sso_",
+        ]
+        .iter()
+        .any(|k| config.contains(k));
     let name = if set("AWS_ACCESS_KEY_ID") {
         "environment variables"
-    } else if set("AWS_PROFILE")
-        || home.join(".aws/credentials").exists()
-        || home.join(".aws/config").exists()
-    {
+    } else if profile_has_creds {
         "shared config profile"
     } else if set("AWS_WEB_IDENTITY_TOKEN_FILE") {
         "web identity token"
@@ -512,28 +573,15 @@ impl StsFetcher {
                 (
                     "ConnectionError".to_string(),
                     None,
-                    format!(
-                        "connecting to STS {what}: {}",
-                        aws_smithy_types::error::display::DisplayErrorContext(&e)
-                    ),
+                    format!("connecting to STS {what}: {}", error_chain(&e)),
                 )
             }
             SdkError::ConstructionFailure(_) => (
                 "NoBaseCredentials".to_string(),
                 None,
-                format!(
-                    "the STS request could not be built: {}",
-                    aws_smithy_types::error::display::DisplayErrorContext(&e)
-                ),
+                format!("the STS request could not be built: {}", error_chain(&e)),
             ),
-            _ => (
-                "InvalidResponse".to_string(),
-                None,
-                format!(
-                    "{}",
-                    aws_smithy_types::error::display::DisplayErrorContext(&e)
-                ),
-            ),
+            _ => ("InvalidResponse".to_string(), None, error_chain(&e)),
         };
         let class = classify(&code, status);
         let hint = hint(&code, &self.spec);

@@ -238,6 +238,7 @@ fn sd_notify_ready_only_after_credentials_then_reloading_and_stopping() {
     let started = Instant::now();
     let mut d = b
         .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "400000")
         .args(&[
             "--role-arn",
             ROLE_ARN,
@@ -252,7 +253,11 @@ fn sd_notify_ready_only_after_credentials_then_reloading_and_stopping() {
         let n = sock.recv(buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    let first = recv(&mut buf);
+    // Watchdog pings start with the runtime, READY=1 only with credentials.
+    let mut first = recv(&mut buf);
+    while first.trim() == "WATCHDOG=1" {
+        first = recv(&mut buf);
+    }
     assert!(first.contains("READY=1"), "{first}");
     assert!(
         started.elapsed() >= Duration::from_millis(1400),
@@ -264,6 +269,19 @@ fn sd_notify_ready_only_after_credentials_then_reloading_and_stopping() {
         "credentials exist when READY=1 arrives"
     );
 
+    let recv = |buf: &mut [u8]| loop {
+        let m = recv(buf);
+        if m.trim() != "WATCHDOG=1" {
+            return m;
+        }
+    };
+    let ping = Instant::now();
+    let mut pings = 0;
+    while ping.elapsed() < Duration::from_millis(700) {
+        let n = sock.recv(&mut buf).unwrap();
+        pings += (String::from_utf8_lossy(&buf[..n]).trim() == "WATCHDOG=1") as u32;
+    }
+    assert!(pings >= 2, "watchdog pings every WATCHDOG_USEC/2");
     d.signal("HUP");
     let reloading = recv(&mut buf);
     assert!(
