@@ -324,10 +324,14 @@ impl App {
                 }
             }
         }
-        // Give new roles their first credentials before they replace old ones.
+        // Give new roles their first credentials before they replace old
+        // ones; one deadline for all, since they fetch concurrently.
+        let deadline = tokio::time::Instant::now() + wait;
         let mut tasks = Vec::new();
         for (task, rx) in started {
-            let _ = tokio::time::timeout(wait, rx).await;
+            if let Ok(Ok(Err(e))) = tokio::time::timeout_at(deadline, rx).await {
+                tracing::error!(role = %task.spec.name, code = %e.code, error = %e.message, "reloaded role has no credentials yet");
+            }
             tasks.push(task);
         }
         self.shared.metrics.roles.set(list.len() as i64);

@@ -294,3 +294,47 @@ fn sd_notify_ready_only_after_credentials_then_reloading_and_stopping() {
     assert!(recv(&mut buf).contains("STOPPING=1"));
     assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
+
+#[test]
+fn sighup_changing_a_role_leaves_no_serving_gap() {
+    let b = DaemonBuilder::new("sighup-gap");
+    let cfg = b.dir.join("credvend.toml");
+    std::fs::write(&cfg, role_toml("a", &b.dir)).unwrap();
+    let d = b.args(&["--config", cfg.to_str().unwrap()]).start();
+    let addr = d.listen();
+    let token = std::fs::read_to_string(d.dir.join("a.token")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let (stop, token) = (stop.clone(), token.clone());
+        std::thread::spawn(move || {
+            let mut conn = Conn::open(addr).unwrap();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let r = conn
+                    .get("/v1/credentials/a", &[("Authorization", &token)])
+                    .unwrap();
+                assert_eq!(r.status, 200, "gap during reload: {}", r.text());
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let changed = role_toml("a", &d.dir).replace("token_file", "duration = \"2h\"\ntoken_file");
+    std::fs::write(&cfg, changed).unwrap();
+    d.signal("HUP");
+    wait_until("the 2h session served", Duration::from_secs(10), || {
+        let v = http(
+            addr,
+            "GET",
+            "/v1/credentials/a",
+            &[("Authorization", &token)],
+        )
+        .json();
+        remaining(v["Expiration"].as_str().unwrap()) > 3700.0
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::Relaxed);
+    assert!(poller.join().unwrap() > 50);
+    d.wait_log("reloaded", Duration::from_secs(1));
+}
