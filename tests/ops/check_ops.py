@@ -52,6 +52,8 @@ BAD_ENV = {
 }
 
 results: list[tuple[str, bool]] = []
+# strace output of credvend run as the unit runs it.
+TRACE: list[str] = []
 
 
 class CheckFailed(Exception):
@@ -389,8 +391,8 @@ def client_identity(moto_url: str, full_uri: str, token_file: str, home: Path) -
     return json.loads(r.stdout)
 
 
-def stop_and_expect_clean_exit(proc: subprocess.Popen, admin: str, within: float) -> None:
-    proc.send_signal(signal.SIGTERM)
+def stop_and_expect_clean_exit(proc: subprocess.Popen, admin: str, within: float, pid: int | None = None) -> None:
+    os.kill(pid or proc.pid, signal.SIGTERM)
     # /readyz turns 503 at once while credentials are still served.
     ensure(wait_status(f"http://{admin}/readyz", 503, 2), "/readyz did not turn 503 after SIGTERM")
     try:
@@ -496,11 +498,15 @@ def _binary_systemd():
         argv = shlex.split(unit["ExecStart"][0])
         argv[0] = str(BINARY)
         # systemd sets WATCHDOG_PID to the service's pid; a shell that
-        # execs credvend knows that pid in advance.
-        argv = ["/bin/sh", "-c", 'WATCHDOG_PID=$$ exec "$0" "$@"'] + argv
+        # execs credvend knows that pid in advance. strace records every
+        # system call, for the SystemCallFilter check below.
+        pidfile, trace = d / "pid", d / "trace"
+        argv = ["strace", "-f", "-qq", "-o", str(trace), "--", "/bin/sh", "-c",
+                'echo $$ > "$PIDFILE"; WATCHDOG_PID=$$ exec "$0" "$@"'] + argv
         log = d / "credvend.log"
         with open(log, "w") as logf:
-            proc = subprocess.Popen(argv, env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=d)
+            proc = subprocess.Popen(argv, env=dict(env, PIDFILE=str(pidfile)), stdout=logf,
+                                    stderr=subprocess.STDOUT, cwd=d)
         try:
             seen = read_notify(notify, "READY=1", 20)
             ensure("READY=1" in seen, f"no READY=1 on NOTIFY_SOCKET (got {seen}); log: {log.read_text()[-2000:]}")
@@ -533,7 +539,8 @@ def _binary_systemd():
 
             delay = float(env_file["CREDVEND_SHUTDOWN_DELAY"].rstrip("s"))
             drain = float(env_file["CREDVEND_DRAIN_TIMEOUT"].rstrip("s"))
-            stop_and_expect_clean_exit(proc, admin, delay + drain + 5)
+            stop_and_expect_clean_exit(proc, admin, delay + drain + 5, pid=int(pidfile.read_text()))
+            TRACE.extend(trace.read_text().splitlines())
             seen = read_notify(notify, "STOPPING=1", 1)
             ensure("STOPPING=1" in seen, f"no STOPPING=1 after SIGTERM (got {seen})")
             secrets_absent(log.read_text(), token)
@@ -626,6 +633,52 @@ def _binary_chart():
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def syscall_groups() -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    current = None
+    for line in run(["systemd-analyze", "syscall-filter"]).stdout.splitlines():
+        if line.startswith("@"):
+            current = groups.setdefault(line.strip(), [])
+        elif line.startswith(" ") and current is not None:
+            item = line.strip()
+            if item and not item.startswith("#"):
+                current.append(item)
+        else:
+            current = None
+    return groups
+
+
+def expand(name: str, groups: dict[str, list[str]]) -> set[str]:
+    if not name.startswith("@"):
+        return {name}
+    out: set[str] = set()
+    for item in groups[name]:
+        out |= expand(item, groups)
+    return out
+
+
+@check("every system call credvend made as the unit is allowed by the unit's SystemCallFilter")
+def _syscalls():
+    ensure(TRACE, "no strace output (the test above failed)")
+    start = next((i for i, l in enumerate(TRACE) if f'execve("{BINARY}' in l), None)
+    ensure(start is not None, "credvend's execve is not in the trace")
+    used = set()
+    for line in TRACE[start:]:
+        m = re.match(r"^\d+\s+(?:<\.\.\. )?([a-z0-9_]+)(?:\(| resumed>)", line)
+        if m:
+            used.add(m.group(1))
+    groups = syscall_groups()
+    allowed, denied = expand("@default", groups), set()
+    for line in parse_unit(UNIT_DIR / "credvend.service")["SystemCallFilter"]:
+        names = line.lstrip("~").split()
+        target = denied if line.startswith("~") else allowed
+        for n in names:
+            target |= expand(n, groups)
+    blocked = sorted(used - (allowed - denied))
+    ensure(not blocked, f"the unit's filter would refuse {blocked}")
+    return f"{len(used)} distinct system calls, all allowed"
 
 
 passed = sum(1 for _, ok in results if ok)
