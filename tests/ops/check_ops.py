@@ -249,6 +249,8 @@ def _schema_nonsense():
         "pod IP host": {"role": {"arn": arn}, "advertiseHost": "10.1.2.3"},
         "port 80": {"role": {"arn": arn}, "port": 80},
         "unknown key": {"role": {"arn": arn}, "advertisehost": "127.0.0.1"},
+        "a plain secret key": {"role": {"arn": arn},
+                               "extraEnv": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]},
     }
     chart = helm.Chart.load(str(CHART))
     for what, values in bad.items():
