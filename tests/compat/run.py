@@ -66,6 +66,7 @@ CHECKS = ["identity", "rotation", "token", "restart"]
 # note matches `when` and not `unless` (so another kind of failure in the
 # same cell still fails the suite); anything else that fails fails it.
 BOTOCORE_IMDS = {
+    "id": "L1",
     "when": r"past its real expiry",
     "unless": r"error",
     "why": (
@@ -78,6 +79,7 @@ BOTOCORE_IMDS = {
     ),
 }
 JS_CONTAINER_METADATA = {
+    "id": "L2",
     "when": r"Error response received from instance metadata service",
     "unless": r"",
     "why": (
@@ -130,8 +132,17 @@ def cleanup():
             pass
 
 
+WORKROOT = []  # the scratch directory, removed on the way out
+
+
 def on_signal(signum, _frame):
-    raise SystemExit(128 + signum)
+    # Worker threads may be in the middle of a bounded wait: do not wait for
+    # them, stop every process now and leave.
+    cleanup()
+    for d in WORKROOT:
+        shutil.rmtree(d, ignore_errors=True)
+    print(f"compat: stopped by signal {signum}", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
 
 
 # ---------------------------------------------------------------- helpers
@@ -228,8 +239,9 @@ class Daemon:
         self.addrs = {}
         self.instance = 0
         self.own_requests = 0  # our own GETs of the container endpoint
+        self._auth = None  # the token credvend holds as current
+        self._reloads = 0
         self.keys = {}  # access key id -> {"exp", "instance", "seen"}
-        self.rotations = []  # (time, instance)
         self._last_refresh = None
         self._lock = threading.Lock()
         self._poller_stop = threading.Event()
@@ -266,6 +278,14 @@ class Daemon:
             "AWS_SECRET_ACCESS_KEY": "compat-base-secret-not-real-0123456789",
             "AWS_EC2_METADATA_SERVICE_ENDPOINT": CLOSED,
         }
+        # Counters start again from zero in a new process.
+        with self._lock:
+            self.instance += 1
+            self._last_refresh = None
+            self.own_requests = 0
+            # A new process takes the file as it is.
+            self._auth = self.token_file.read_text() if self.token_file.exists() else None
+            self._reloads = 0
         # A restart may race the old sockets for a moment: bounded retries.
         for _ in range(5):
             logs = []
@@ -282,6 +302,8 @@ class Daemon:
             time.sleep(0.5)
         else:
             return False
+        if self._auth is None:
+            self._auth = self.token_file.read_text()
         first = not self.addrs
         for key, msg in [
             ("listen", "container credentials endpoint listening"),
@@ -291,10 +313,6 @@ class Daemon:
             line = self._has(logs, msg)
             if line and first:
                 self.addrs[key] = line["addrs"].strip("[]").split(",")[0].strip()
-        with self._lock:
-            self.instance += 1
-            self._last_refresh = None
-        self._learn_key()
         return True
 
     @staticmethod
@@ -332,22 +350,39 @@ class Daemon:
             return None
 
     def _learn_key(self):
-        """GETs the credentials credvend serves now and records their key."""
-        try:
-            token = self.token_file.read_text()
-            code, body = http_get(self.url(), {"Authorization": token})
-        except OSError:
-            return
+        """GETs the credentials credvend serves now and records their key.
+
+        Sends the token credvend holds as current (see poll), so that the
+        suite's own requests never race credvend's pickup of a new token and
+        add neither a 401 nor a "previous token" use to the counts the cells
+        report. Holds the lock, so that a snapshot of (requests_total,
+        own_requests) is consistent."""
         with self._lock:
+            try:
+                code, body = http_get(self.url(), {"Authorization": self._auth})
+            except OSError:
+                return False
             self.own_requests += 1
-        if code != 200:
-            return
-        v = json.loads(body)
-        with self._lock:
+            if code != 200:
+                return False
+            v = json.loads(body)
             self.keys.setdefault(
                 v["AccessKeyId"],
                 {"exp": iso_to_epoch(v["Expiration"]), "instance": self.instance, "seen": time.time()},
             )
+            return True
+
+    def snapshot(self, endpoint):
+        """(requests to the endpoint not made by the suite, non-200 codes)."""
+        with self._lock:
+            m = self.metrics() or []
+            own = self.own_requests if endpoint == "container" else 0
+        total = metric_sum(m, "credvend_requests_total", endpoint=endpoint)
+        codes = {
+            ls.get("code"): v for n, ls, v in m
+            if n == "credvend_requests_total" and ls.get("endpoint") == endpoint and ls.get("code") != "200"
+        }
+        return total - own, codes
 
     def poll(self):
         """Background: notices every rotation and learns the new key."""
@@ -355,15 +390,14 @@ class Daemon:
             m = self.metrics()
             if m is None:
                 continue
+            # Switch to the new token only once credvend says it has it.
+            reloads = metric_sum(m, "credvend_token_reloads_total")
+            if reloads != self._reloads:
+                self._reloads = reloads
+                self._auth = self.token_file.read_text()
             n = metric_sum(m, "credvend_refresh_total", outcome="success")
-            with self._lock:
-                changed = n != self._last_refresh
-                first = self._last_refresh is None
+            if n != self._last_refresh and self._learn_key():
                 self._last_refresh = n
-                if changed and not first:
-                    self.rotations.append((time.time(), self.instance))
-            if changed:
-                self._learn_key()
 
     def refreshes(self):
         m = self.metrics()
@@ -495,18 +529,11 @@ def describe(errors, expired, unknown):
     return "; ".join(parts)
 
 
-def requests_of(daemon, endpoint):
-    m = daemon.metrics()
-    if m is None:
-        return None
-    return metric_sum(m, "credvend_requests_total", endpoint=endpoint)
-
-
 def other_codes(daemon, endpoint, before):
-    """Non-200 answers of the endpoint since the `before` snapshot."""
-    m = daemon.metrics() or []
-    now = {ls.get("code"): v for n, ls, v in m if n == "credvend_requests_total" and ls.get("endpoint") == endpoint}
-    diff = {c: v - before.get(c, 0) for c, v in now.items() if c != "200" and v - before.get(c, 0) > 0}
+    """Non-200 answers of the endpoint since the `before` snapshot. The
+    suite's own requests always get 200 (see Daemon._learn_key)."""
+    _, now = daemon.snapshot(endpoint)
+    diff = {c: v - before.get(c, 0) for c, v in now.items() if v - before.get(c, 0) > 0}
     return now, ", ".join(f"{v:.0f}x {c}" for c, v in sorted(diff.items()))
 
 
@@ -514,7 +541,6 @@ def restart_phase(d, run, res, endpoint):
     """4. SIGKILL credvend, start it again on the same ports and token file."""
     t_kill = time.time()
     old_instance = d.instance
-    own0 = d.own_requests
     d.kill()
     time.sleep(0.5)
     if not d.start():
@@ -545,8 +571,7 @@ def restart_phase(d, run, res, endpoint):
             note += f"; kept using the previous process's key for {len(stale)} call(s)"
             if late:
                 note += f", {len(late)} of them past its real expiry"
-            own = d.own_requests - own0 if endpoint == "container" else 0
-            if (requests_of(d, endpoint) or 0) - own == 0:
+            if d.snapshot(endpoint)[0] == 0:
                 note += ", without asking credvend again"
         if errs:
             note += f"; {len(errs)} error(s), last: {errs[-1].get('err', '?')[:300]}"
@@ -616,6 +641,11 @@ def run_cell(moto, client, protocol, workroot):
         expected = f"arn:aws:sts::{ACCOUNT}:assumed-role/demo/{d.session}"
         endpoint = "container" if protocol == "container" else "imds"
 
+        # Requests per rotation are counted from before the client starts, so
+        # that the first fetch counts too (a client with a long cache, like
+        # aws-sdk-rust, may fetch only once in the whole window).
+        (req_start, _), rot_start = d.snapshot(endpoint), d.refreshes() or 0
+
         # 1. identity
         run = Run(client.argv, client_env(d, client, protocol, home))
         first = wait_for(lambda: run.lines[0] if run.lines else None, 60)
@@ -631,18 +661,18 @@ def run_cell(moto, client, protocol, workroot):
 
         # 2. rotation
         t0 = time.time()
-        base, req0, own0 = d.refreshes() or 0, requests_of(d, endpoint), d.own_requests
+        base = d.refreshes() or 0
         codes0, _ = other_codes(d, endpoint, {})
         if not d.wait_rotations(base, ROTATIONS, PHASE_TIMEOUT):
             res["rotation"]["note"] = "credvend did not rotate twice in time"
             return out
         t1 = time.time()
-        req1, own1 = requests_of(d, endpoint), d.own_requests
-        rots = (d.refreshes() or 0) - base
+        req1, _ = d.snapshot(endpoint)
+        rot1 = d.refreshes() or 0
+        rots = rot1 - base
         calls = run.calls(t0, t1)
-        own = (own1 - own0) if endpoint == "container" else 0
-        out["rpr"] = (req1 - req0 - own) / rots
-        out["cpr"] = len(calls) / rots
+        out["rpr"] = (req1 - req_start) / max(rot1 - rot_start, 1)
+        out["cpr"] = len(run.calls(0, t1)) / max(rot1 - rot_start, 1)
         errors, expired, unknown = judge(d, calls)
         keys = {c["key"] for c in calls if c["ok"] and c.get("key")}
         note = describe(errors, expired, unknown)
@@ -690,36 +720,43 @@ def classify(cell):
     for c in CHECKS:
         r = cell["checks"][c]
         if r["ok"]:
-            out[c] = ("pass", r["note"])
+            out[c] = ("pass", r["note"], None)
             continue
         lim = LIMITS.get((cell["client"].id, cell["protocol"], c))
         if lim and re.search(lim["when"], r["note"]) and not (
             lim["unless"] and re.search(lim["unless"], r["note"])
         ):
-            out[c] = ("limit", f"{r['note']}. SDK limitation: {lim['why']}")
+            out[c] = ("limit", f"{r['note']} (SDK limitation {lim['id']})", lim)
         else:
-            out[c] = ("fail", r["note"])
+            out[c] = ("fail", r["note"], None)
     return out
 
 
 def render(cells, elapsed):
-    mark = {"pass": "pass", "limit": "SDK limitation", "fail": "**FAIL**"}
-    rows, notes = [], []
+    rows, notes, limits = [], [], {}
     for cell in cells:
         cls = classify(cell)
         cid = f"{cell['client'].id}-{cell['protocol']}"
-        rpr = "n/a" if cell["rpr"] is None else f"{cell['rpr']:.1f} ({cell['cpr']:.1f} calls)"
+        marks = []
+        for c in CHECKS:
+            kind, _, lim = cls[c]
+            if lim:
+                limits[lim["id"]] = lim
+            marks.append({"pass": "pass", "fail": "**FAIL**"}.get(kind) or f"SDK limit ({lim['id']})")
+        rpr = "n/a" if cell["rpr"] is None else f"{cell['rpr']:.1f} / {cell['cpr']:.1f}"
         rows.append(
             f"| {cell['client'].name} | {cell['version'] or '?'} | {cell['protocol']} | "
-            + " | ".join(mark[cls[c][0]] for c in ["identity", "rotation", "token", "restart"])
-            + f" | {rpr} | [{cid}](#{cid}) |"
+            + " | ".join(marks) + f" | {rpr} | [notes](#{cid}) |"
         )
-        lines = [f"- {c}: {cls[c][1]}" for c in ["identity", "rotation", "token", "restart"] if cls[c][1]]
+        lines = [f"- {c}: {cls[c][1]}" for c in CHECKS if cls[c][1]]
         notes.append(f"### {cid}\n\n" + ("\n".join(lines) if lines else "- nothing to note") + "\n")
+    lim_text = "\n".join(f"- **{k}**: {v['why']}." for k, v in sorted(limits.items())) or "- none seen in this run"
     return TEMPLATE.format(
         rows="\n".join(rows),
         notes="\n".join(notes),
+        limits=lim_text,
         elapsed=f"{elapsed:.0f}",
+        cells=len(cells),
         duration=DURATION,
         lead=LEAD,
     )
@@ -730,7 +767,7 @@ TEMPLATE = (HERE / "compatibility.md.in").read_text() if (HERE / "compatibility.
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--jobs", type=int, default=int(os.environ.get("CREDVEND_COMPAT_JOBS", "8")))
+    ap.add_argument("--jobs", type=int, default=int(os.environ.get("CREDVEND_COMPAT_JOBS", "16")))
     ap.add_argument("--only", default="", help="run only cells whose id contains this")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite docs/compatibility.md")
     args = ap.parse_args()
@@ -739,6 +776,7 @@ def main():
 
     started = time.monotonic()
     workroot = Path(tempfile.mkdtemp(prefix="credvend-compat-"))
+    WORKROOT.append(workroot)
     try:
         moto = Moto()
         todo = [(c, p) for c in clients(moto.url) for p in c.protocols if args.only in f"{c.id}-{p}"]
@@ -753,7 +791,7 @@ def main():
                 cls = classify(cell)
                 summary = " ".join(f"{k}={v[0]}" for k, v in cls.items())
                 print(f"    {c.id}-{p}: {summary}", flush=True)
-                for k, (v, note) in cls.items():
+                for k, (v, note, _) in cls.items():
                     if v != "pass":
                         print(f"      {k}: {note}", flush=True)
                 for l in cell["log"]:
@@ -768,7 +806,7 @@ def main():
             print("==> wrote docs/compatibility.md", flush=True)
         counts = {"pass": 0, "limit": 0, "fail": 0}
         for cell in cells:
-            for v, _ in classify(cell).values():
+            for v, _, _ in classify(cell).values():
                 counts[v] += 1
         print(f"==> compat suite took {elapsed:.0f} s", flush=True)
         if counts["limit"]:
