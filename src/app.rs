@@ -33,6 +33,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub cold_wait: Duration,
+    pub token_grace: Duration,
+    pub token_mode: u32,
     /// Set on SIGTERM: readiness turns false while serving goes on.
     pub stopping: AtomicBool,
 }
@@ -124,6 +126,8 @@ impl App {
             metrics,
             clock,
             cold_wait: settings.server.cold_wait,
+            token_grace: settings.server.token_grace,
+            token_mode: settings.server.token_file_mode,
             stopping: AtomicBool::new(false),
         });
         let listeners = server::bind("--listen", &settings.listen).await?;
@@ -266,13 +270,22 @@ impl App {
             let listeners = server::bind(&format!("role `{role}` imds_listen"), &resolved).await?;
             let stop = self.stop_servers.child_token();
             let hop = self.settings.server.imds_hop_limit;
+            let token_file = self
+                .settings
+                .roles
+                .iter()
+                .find(|r| r.name == role)
+                .map(|r| r.token_file.clone())
+                .unwrap_or_default();
+            let key = TokenMint::key_path(&token_file);
             let mut addrs = Vec::new();
             for l in listeners {
                 addrs.push(l.local_addr()?);
                 let h = Arc::new(Imds {
                     shared: self.shared.clone(),
                     role: role.clone(),
-                    mint: TokenMint::new(),
+                    mint: TokenMint::load_or_create(&key)
+                        .with_context(|| format!("role `{role}` IMDS key"))?,
                     allow_v1: self.settings.server.imds_v1,
                 });
                 let limits = self.limits(Some(hop));
@@ -403,31 +416,38 @@ async fn watch_tokens(shared: Arc<Shared>, grace: Duration, mode: u32, stop: Can
 pub fn reload_tokens(shared: &Shared, grace: Duration, mode: u32) {
     let roles = shared.roles.load();
     for role in &roles.list {
-        let path = &role.spec.token_file;
-        let current = role.tokens();
-        match auth::stamp_of(path) {
-            Some(s) if s == current.stamp() => continue,
-            Some(_) => {}
-            None => {
-                tracing::warn!(role = role.name(), path = %path.display(), "auth token file vanished; writing a new token");
-                if let Err(e) = auth::create(path, mode) {
-                    tracing::error!(role = role.name(), error = %e, "cannot recreate the auth token file");
-                    continue;
-                }
+        reload_token(shared, role, grace, mode);
+    }
+}
+
+/// Re-reads one role's token file if it changed; true if it did.
+pub fn reload_token(shared: &Shared, role: &RoleState, grace: Duration, mode: u32) -> bool {
+    let path = &role.spec.token_file;
+    let current = role.tokens();
+    match auth::stamp_of(path) {
+        Some(s) if s == current.stamp() => return false,
+        Some(_) => {}
+        None => {
+            tracing::warn!(role = role.name(), path = %path.display(), "auth token file vanished; writing a new token");
+            if let Err(e) = auth::create(path, mode) {
+                tracing::error!(role = role.name(), error = %e, "cannot recreate the auth token file");
+                return false;
             }
         }
-        match auth::load(path) {
-            Ok(next) => {
-                let changed = !current.same_token(&next);
-                role.set_tokens(current.rotated(next, grace));
-                if changed {
-                    shared.metrics.token_reloaded(role.name());
-                    tracing::info!(role = role.name(), path = %path.display(), grace_s = grace.as_secs(), "auth token file reloaded");
-                }
+    }
+    match auth::load(path) {
+        Ok(next) => {
+            let changed = !current.same_token(&next);
+            role.set_tokens(current.rotated(next, grace));
+            if changed {
+                shared.metrics.token_reloaded(role.name());
+                tracing::info!(role = role.name(), path = %path.display(), grace_s = grace.as_secs(), "auth token file reloaded");
             }
-            Err(e) => {
-                tracing::error!(role = role.name(), error = %e, "auth token file unreadable; keeping the previous token")
-            }
+            changed
+        }
+        Err(e) => {
+            tracing::error!(role = role.name(), error = %e, "auth token file unreadable; keeping the previous token");
+            false
         }
     }
 }

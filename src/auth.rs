@@ -205,15 +205,21 @@ fn read(path: &Path) -> Result<TokenSet, ReadError> {
 /// Generates a token and writes it atomically: a temporary file in the same
 /// directory with the final mode, then a rename. No trailing newline.
 pub fn create(path: &Path, mode: u32) -> Result<(), TokenError> {
-    let err = |reason: String| TokenError::File {
-        path: path.to_path_buf(),
-        reason,
-    };
     let mut bytes = Zeroizing::new([0u8; 32]);
     rand::rng().fill_bytes(bytes.as_mut());
     let token =
         Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes.as_ref()));
+    write_secret(path, token.as_bytes(), mode)
+}
 
+/// Writes a secret file atomically: a temporary file in the same directory
+/// with the final mode, then a rename, so a reader never sees it half
+/// written or with looser permissions.
+pub fn write_secret(path: &Path, contents: &[u8], mode: u32) -> Result<(), TokenError> {
+    let err = |reason: String| TokenError::File {
+        path: path.to_path_buf(),
+        reason,
+    };
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -238,7 +244,7 @@ pub fn create(path: &Path, mode: u32) -> Result<(), TokenError> {
             .open(&tmp)?;
         // The umask may have narrowed the mode; set it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.write_all(token.as_bytes())?;
+        f.write_all(contents)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
     };

@@ -624,9 +624,17 @@ fn session_char(c: char) -> bool {
 /// `credvend-<hostname>` (plus the role for config roles), cut to STS's
 /// 64-character limit with disallowed characters replaced.
 pub fn default_session_name(role: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| "host".into());
+    // uname(2) rather than /proc: a hardened unit (ProcSubset=pid) hides
+    // /proc/sys/kernel/hostname.
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let host = if host.is_empty() {
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into())
+    } else {
+        host
+    };
     let mut name = String::from("credvend-");
     if role != DEFAULT_ROLE {
         name.push_str(role);

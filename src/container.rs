@@ -39,7 +39,17 @@ impl Handler for Container {
             return server::method_not_allowed("GET");
         }
         let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-        match role.tokens().check(header) {
+        let mut check = role.tokens().check(header);
+        if check == Check::Wrong {
+            // The file may have been rotated since the watcher last looked
+            // (it polls every second) and the client read the new token
+            // already: look now rather than refuse it.
+            let s = &self.shared;
+            if crate::app::reload_token(s, &role, s.token_grace, s.token_mode) {
+                check = role.tokens().check(header);
+            }
+        }
+        match check {
             Check::Current => {}
             Check::Previous => self.shared.metrics.previous_token_used(role.name()),
             denied => return unauthorized(denied),

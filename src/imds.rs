@@ -4,6 +4,7 @@
 //! lives only in this process. Checking one needs no lookup, and issuing one
 //! stores nothing, so a client that PUTs in a loop cannot grow memory.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -38,10 +39,39 @@ pub struct TokenMint {
 }
 
 impl TokenMint {
+    /// A mint with a key that lives only in this process.
     pub fn new() -> TokenMint {
         let mut key = Zeroizing::new([0u8; 32]);
         rand::rng().fill_bytes(key.as_mut());
         TokenMint { key }
+    }
+
+    /// A mint whose key is kept in `path` (0600), so tokens issued before a
+    /// restart stay valid for their TTL, as on EC2. Some SDKs (aws-sdk-rust)
+    /// keep retrying a 401 with the same token until its TTL ends, so a
+    /// restart that voided every token would lock them out for hours.
+    pub fn load_or_create(path: &Path) -> Result<TokenMint, crate::auth::TokenError> {
+        if let Ok(raw) = std::fs::read(path) {
+            let raw = Zeroizing::new(raw);
+            if let Ok(bytes) = <[u8; 32]>::try_from(raw.as_slice()) {
+                return Ok(TokenMint {
+                    key: Zeroizing::new(bytes),
+                });
+            }
+        }
+        let mint = TokenMint::new();
+        crate::auth::write_secret(path, mint.key.as_ref(), 0o600)?;
+        Ok(mint)
+    }
+
+    /// Where a role's IMDS key is kept: beside its auth token file.
+    pub fn key_path(token_file: &Path) -> std::path::PathBuf {
+        let mut name = token_file
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_default();
+        name.push(".imds-key");
+        token_file.with_file_name(name)
     }
 
     fn mac(&self, expires: u64) -> [u8; MAC_LEN] {
@@ -206,6 +236,23 @@ impl Imds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_key_survives_a_restart() {
+        let dir = std::env::temp_dir().join(format!("credvend-imds-key-{}", std::process::id()));
+        let key = TokenMint::key_path(&dir.join("token"));
+        assert_eq!(key.file_name().unwrap(), "token.imds-key");
+        let t0 = SystemTime::now();
+        let tok = TokenMint::load_or_create(&key)
+            .unwrap()
+            .issue(t0, Duration::from_secs(60));
+        let again = TokenMint::load_or_create(&key).unwrap();
+        assert!(again.valid(tok.as_bytes(), t0));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn tokens_expire_and_cannot_be_forged() {

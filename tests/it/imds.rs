@@ -209,3 +209,44 @@ fn real_clients_get_the_assumed_role_through_imds() {
     assert_eq!(rust_sdk_identity("imds", &env)["arn"], want.as_str());
     assert_eq!(rust_sdk_identity("default", &env)["arn"], want.as_str());
 }
+
+#[test]
+fn imds_tokens_survive_a_restart() {
+    // aws-sdk-rust retries a 401 with the same token until its TTL ends, so
+    // a restart must not void the tokens it holds.
+    let b = DaemonBuilder::new("imds-restart");
+    let token_file = b.dir.join("persist-token");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let imds = format!("127.0.0.1:{port}");
+    let args = [
+        "--imds-listen",
+        &imds,
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ];
+    let mut d = b.moto_role().args(&args).start();
+    let tok = session(&d);
+    let key = token_file.with_file_name("persist-token.imds-key");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    d.signal("KILL");
+    d.wait_exit(Duration::from_secs(5));
+    let d2 = DaemonBuilder::new("imds-restart2")
+        .moto_role()
+        .args(&args)
+        .start();
+    let r = http(
+        d2.imds(),
+        "GET",
+        CREDS,
+        &[("X-aws-ec2-metadata-token", &tok)],
+    );
+    assert_eq!(
+        r.status, 200,
+        "a token issued before the restart must still work"
+    );
+}

@@ -226,3 +226,41 @@ fn localhost_listens_on_every_address_and_advertises_ipv4() {
         format!("http://127.0.0.1:{port}/v1/credentials")
     );
 }
+
+#[test]
+fn a_rotated_token_works_at_once() {
+    // F07: a client that reads the token file right after a rotation must
+    // not wait for credvend's next look at the file.
+    let d = DaemonBuilder::new("wire-rotate").moto_role().start();
+    let old = d.token();
+    for i in 0..5 {
+        let new = format!("rotated-token-number-{i}-abcdefghijkl");
+        std::fs::write(d.dir.join("token.tmp"), &new).unwrap();
+        std::fs::rename(d.dir.join("token.tmp"), d.token_file()).unwrap();
+        let r = http(
+            d.listen(),
+            "GET",
+            "/v1/credentials",
+            &[("Authorization", &new)],
+        );
+        assert_eq!(r.status, 200, "rotation {i}: the new token was refused");
+    }
+    let prev = "rotated-token-number-3-abcdefghijkl";
+    let r = http(
+        d.listen(),
+        "GET",
+        "/v1/credentials",
+        &[("Authorization", prev)],
+    );
+    assert_eq!(
+        r.status, 200,
+        "the previous token is inside its grace period"
+    );
+    let r = http(
+        d.listen(),
+        "GET",
+        "/v1/credentials",
+        &[("Authorization", &old)],
+    );
+    assert_eq!(r.status, 401, "only the one previous token is kept");
+}
