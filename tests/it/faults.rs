@@ -231,10 +231,7 @@ fn a_killed_credvend_fails_closed_and_serves_again_after_restart() {
     // F13: SIGKILL under load, then restart with the same token file.
     let b = DaemonBuilder::new("f13");
     let token_file = b.dir.join("persist-token");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let args = [
         "--listen",

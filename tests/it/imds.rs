@@ -216,10 +216,7 @@ fn imds_tokens_survive_a_restart() {
     // a restart must not void the tokens it holds.
     let b = DaemonBuilder::new("imds-restart");
     let token_file = b.dir.join("persist-token");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let imds = format!("127.0.0.1:{port}");
     let args = [
         "--imds-listen",

@@ -195,10 +195,7 @@ fn a_non_loopback_advertised_host_is_refused() {
 #[test]
 fn localhost_listens_on_every_address_and_advertises_ipv4() {
     // F04: a name is bound on each of its addresses.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let listen = format!("localhost:{port}");
     let d = DaemonBuilder::new("wire-localhost")
         .moto_role()

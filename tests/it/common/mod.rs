@@ -206,6 +206,13 @@ pub fn parse(buf: &[u8]) -> Resp {
     }
 }
 
+/// A loopback port that was free a moment ago, for tests that must restart
+/// credvend on the same address.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while start.elapsed() < timeout {
