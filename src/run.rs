@@ -44,25 +44,44 @@ const CAPPED: &[&str] = &[
 ];
 
 pub fn init_logging(server: &ServerArgs) {
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let base = server
         .log_level
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| "info".into());
-    let mut filter = tracing_subscriber::EnvFilter::try_new(&base).unwrap_or_else(|e| {
+    let filter = tracing_subscriber::EnvFilter::try_new(&base).unwrap_or_else(|e| {
         eprintln!("credvend: ignoring log filter {base:?}: {e}; using info");
         tracing_subscriber::EnvFilter::new("info")
     });
-    for c in CAPPED {
-        filter = filter.add_directive(format!("{c}=info").parse().expect("static directive"));
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match server.log_format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.with_target(false).init(),
-    }
+    // A separate filter, not EnvFilter directives: a more specific directive
+    // such as `aws_sigv4::http_request=trace` would override `aws_sigv4=info`.
+    let cap = tracing_subscriber::filter::filter_fn(|meta| {
+        matches!(
+            *meta.level(),
+            tracing::Level::ERROR | tracing::Level::WARN | tracing::Level::INFO
+        ) || !is_capped(meta.target())
+    });
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = match server.log_format {
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+        LogFormat::Text => fmt.with_target(false).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(layer.with_filter(filter).with_filter(cap))
+        .init();
+}
+
+/// True for targets in (or below) a crate whose verbose logs could show
+/// credentials.
+fn is_capped(target: &str) -> bool {
+    CAPPED.iter().any(|c| {
+        target
+            .strip_prefix(c)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    })
 }
 
 /// Reports a fatal start-up error once: as a JSON log line when logs are
