@@ -202,6 +202,16 @@ impl App {
         &self.settings
     }
 
+    /// The URL to advertise for a role, with the port really bound (which
+    /// differs from the configured one when that was 0).
+    pub fn full_uri(&self, role: &RoleSpec) -> String {
+        let port = self.listen.first().map(|a| a.port()).unwrap_or(0);
+        format!(
+            "http://{}:{}{}",
+            self.settings.advertise_host, port, role.path
+        )
+    }
+
     /// The IMDS addresses bound, by role.
     pub fn imds_addrs(&self) -> Vec<(String, SocketAddr)> {
         let mut v: Vec<_> = self
@@ -315,7 +325,8 @@ impl App {
         }
         let old = self.shared.roles.load_full();
         let mut list = Vec::new();
-        let mut started: Vec<(RoleTask, oneshot::Receiver<FirstOutcome>)> = Vec::new();
+        let mut specs = new.roles.clone();
+        let mut started: Vec<(usize, RoleTask, oneshot::Receiver<FirstOutcome>)> = Vec::new();
         for spec in &new.roles {
             let same = self.tasks.get(&spec.name).is_some_and(|t| &t.spec == spec);
             if same {
@@ -326,11 +337,11 @@ impl App {
             }
             match self.spawn_role(spec.clone()) {
                 Ok((state, task, rx)) => {
+                    started.push((list.len(), task, rx));
                     list.push(state);
-                    started.push((task, rx));
                 }
                 Err(e) => {
-                    for (t, _) in started {
+                    for (_, t, _) in started {
                         t.cancel.cancel();
                     }
                     return Err(e);
@@ -338,14 +349,35 @@ impl App {
             }
         }
         // Give new roles their first credentials before they replace old
-        // ones; one deadline for all, since they fetch concurrently.
+        // ones; one deadline for all, since they fetch concurrently. A
+        // changed role that gets none keeps serving with its previous
+        // settings rather than drop valid credentials; the next reload
+        // tries the change again.
         let deadline = tokio::time::Instant::now() + wait;
+        let now = self.shared.clock.now();
         let mut tasks = Vec::new();
-        for (task, rx) in started {
-            if let Ok(Ok(Err(e))) = tokio::time::timeout_at(deadline, rx).await {
-                tracing::error!(role = %task.spec.name, code = %e.code, error = %e.message, "reloaded role has no credentials yet");
+        for (i, task, rx) in started {
+            let outcome = match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(Ok(()))) => {
+                    tasks.push(task);
+                    continue;
+                }
+                Ok(Ok(Err(e))) => format!("{}: {}", e.code, e.message),
+                _ => "no answer from STS in time".to_string(),
+            };
+            let name = task.spec.name.clone();
+            match old.by_name(&name).filter(|s| s.servable_for(now).is_some()) {
+                Some(previous) => {
+                    tracing::error!(role = %name, error = %outcome, "the changed role could not get credentials; still serving it with the previous settings");
+                    task.cancel.cancel();
+                    list[i] = previous.clone();
+                    specs[i] = previous.spec.clone();
+                }
+                None => {
+                    tracing::error!(role = %name, error = %outcome, "reloaded role has no credentials yet");
+                    tasks.push(task);
+                }
             }
-            tasks.push(task);
         }
         self.shared.metrics.roles.set(list.len() as i64);
         self.shared.roles.store(Arc::new(Roles::new(list)));
@@ -368,7 +400,7 @@ impl App {
                 self.shared.metrics.remove_role(&name);
             }
         }
-        self.settings.roles = new.roles;
+        self.settings.roles = specs;
         self.sync_imds().await?;
         reload_tokens(
             &self.shared,
@@ -424,17 +456,18 @@ pub fn reload_tokens(shared: &Shared, grace: Duration, mode: u32) {
 pub fn reload_token(shared: &Shared, role: &RoleState, grace: Duration, mode: u32) -> bool {
     let path = &role.spec.token_file;
     let current = role.tokens();
-    match auth::stamp_of(path) {
+    let stamp = match auth::stamp_of(path) {
         Some(s) if s == current.stamp() => return false,
-        Some(_) => {}
+        Some(s) => s,
         None => {
             tracing::warn!(role = role.name(), path = %path.display(), "auth token file vanished; writing a new token");
             if let Err(e) = auth::create(path, mode) {
                 tracing::error!(role = role.name(), error = %e, "cannot recreate the auth token file");
                 return false;
             }
+            auth::stamp_of(path).unwrap_or(current.stamp())
         }
-    }
+    };
     match auth::load(path) {
         Ok(next) => {
             let changed = !current.same_token(&next);
@@ -446,7 +479,9 @@ pub fn reload_token(shared: &Shared, role: &RoleState, grace: Duration, mode: u3
             changed
         }
         Err(e) => {
-            tracing::error!(role = role.name(), error = %e, "auth token file unreadable; keeping the previous token");
+            // Logged once per change of the file, not once per request.
+            role.set_tokens(current.restamped(stamp));
+            tracing::error!(role = role.name(), error = %e, "auth token file unusable; keeping the previous token");
             false
         }
     }

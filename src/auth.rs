@@ -76,7 +76,7 @@ impl TokenSet {
         }
         let bearer = got.len() > 7 && got[..7].eq_ignore_ascii_case(b"bearer ");
         if bearer {
-            let rest = &got[7..];
+            let rest = got[7..].trim_ascii_start();
             let matches_any = bool::from(rest.ct_eq(&self.current))
                 || self
                     .previous
@@ -87,6 +87,17 @@ impl TokenSet {
             }
         }
         Check::Wrong
+    }
+
+    /// The same tokens, remembered as read from a file that now looks like
+    /// `stamp` (used when the new file could not be used, so it is not
+    /// re-read until it changes again).
+    pub fn restamped(&self, stamp: FileStamp) -> TokenSet {
+        TokenSet {
+            current: self.current.clone(),
+            previous: self.previous.clone(),
+            stamp,
+        }
     }
 
     /// True when both sets hold the same current token.

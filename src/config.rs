@@ -125,6 +125,7 @@ const DEFAULT_DURATION: Duration = Duration::from_secs(3600);
 /// Builds the settings from flags, environment and the config file.
 pub fn load(args: &ServeArgs) -> Result<Settings, ConfigError> {
     let server = args.server.clone();
+    check_server(&server)?;
     let listen = resolve_listen("--listen", &server.listen)?;
     let admin_listen = resolve_listen("--admin-listen", &server.admin_listen)?;
     let advertise_host = advertise_host(server.advertise_host.as_deref(), &listen)?;
@@ -172,10 +173,52 @@ pub fn load(args: &ServeArgs) -> Result<Settings, ConfigError> {
     })
 }
 
+/// Server settings that parse but cannot work.
+fn check_server(s: &ServerArgs) -> Result<(), ConfigError> {
+    let ms = |d: Duration| d.as_millis();
+    let problem = if s.max_connections == 0 {
+        Some("--max-connections 0 would refuse every client; use 1 or more (default 1024)".into())
+    } else if s.sts_timeout < Duration::from_secs(1) {
+        Some(format!(
+            "--sts-timeout {}ms is too short for any STS call; use 1s or more",
+            ms(s.sts_timeout)
+        ))
+    } else if s.backoff_base < Duration::from_millis(10) {
+        Some("--backoff-base below 10ms would retry STS in a tight loop; use 10ms or more".into())
+    } else if s.backoff_cap < s.backoff_base {
+        Some(format!(
+            "--backoff-cap {}ms is below --backoff-base {}ms; the cap must be at least the base",
+            ms(s.backoff_cap),
+            ms(s.backoff_base)
+        ))
+    } else if s.cold_wait > Duration::from_secs(5) {
+        Some(format!(
+            "--cold-wait {}ms makes clients wait longer than their own timeouts (JavaScript gives \
+             up after 1s); use at most 5s (default 400ms)",
+            ms(s.cold_wait)
+        ))
+    } else if s.header_timeout < Duration::from_millis(100) {
+        Some("--header-timeout below 100ms would cut off ordinary clients; use 1s or more".into())
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(invalid(p)),
+        None => Ok(()),
+    }
+}
+
 fn check_unique(roles: &[RoleSpec]) -> Result<(), ConfigError> {
     for (i, a) in roles.iter().enumerate() {
         for b in &roles[i + 1..] {
-            if a.token_file == b.token_file {
+            if a.name == b.name {
+                return Err(invalid(format!(
+                    "role name `{}` is used twice (the role given by flags is named `{DEFAULT_ROLE}`): \
+                     rename the [roles.{}] table",
+                    a.name, b.name
+                )));
+            }
+            if same_file(&a.token_file, &b.token_file) {
                 return Err(invalid(format!(
                     "roles `{}` and `{}` share the token file {}: give each role its own, \
                      so that one role's token cannot open the other",
@@ -197,6 +240,25 @@ fn check_unique(roles: &[RoleSpec]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// True when two paths name the same file, however they are spelled
+/// (`..`, symlinks, relative paths); the files may not exist yet.
+fn same_file(a: &Path, b: &Path) -> bool {
+    fn identity(p: &Path) -> PathBuf {
+        if let Ok(c) = std::fs::canonicalize(p) {
+            return c;
+        }
+        let parent = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        match (std::fs::canonicalize(parent), p.file_name()) {
+            (Ok(dir), Some(name)) => dir.join(name),
+            _ => p.to_path_buf(),
+        }
+    }
+    a == b || identity(a) == identity(b)
 }
 
 /// Resolves `HOST:PORT`; a name yields every address it resolves to (F04).
@@ -409,7 +471,7 @@ fn load_file(path: &Path, min_session: Duration) -> Result<Vec<RoleSpec>, Config
     };
     let text =
         std::fs::read_to_string(path).map_err(|e| file_err(format!("cannot be read: {e}")))?;
-    let raw: RawFile = toml::from_str(&text).map_err(|e| file_err(e.to_string()))?;
+    let raw: RawFile = toml::from_str(&text).map_err(|e| file_err(toml_error(&text, &e)))?;
     let mut roles = Vec::new();
     for (name, mut r) in raw.roles {
         let role_err =
@@ -461,8 +523,32 @@ fn load_file(path: &Path, min_session: Duration) -> Result<Vec<RoleSpec>, Config
     Ok(roles)
 }
 
+/// A TOML error as "line L, column C: message", without the quoted source
+/// line toml adds, and without the message when the line sets a secret
+/// (serde's messages can quote the value).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_string();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let key = line.split('=').next().unwrap_or("").trim();
+    let message = if SECRET_KEYS.contains(&key) {
+        format!("the value of `{key}` is not valid (not shown: it may be secret)")
+    } else {
+        e.message().to_string()
+    };
+    format!("line {line_no}, column {column}: {message}")
+}
+
+/// Role keys whose values are never printed.
+const SECRET_KEYS: &[&str] = &["external_id"];
+
 fn valid_role_name(name: &str) -> bool {
     !name.is_empty()
+        && !name.bytes().all(|b| b == b'.')
         && name.len() <= 64
         && name
             .bytes()
@@ -510,6 +596,17 @@ fn build_role(
     if let Some(e) = &r.external_id {
         if e.len() < 2 || e.len() > 1224 {
             return Err(("external_id", "must be 2 to 1224 characters".into()));
+        }
+        // STS's pattern; a value outside it would come back quoted in
+        // STS's ValidationError message.
+        if !e
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_+=,.@:/-".contains(c))
+        {
+            return Err((
+                "external_id",
+                "may use letters, digits and _+=,.@:/- only (value not shown)".into(),
+            ));
         }
     }
     if let Some(s) = &r.source_identity {

@@ -38,7 +38,15 @@ impl Handler for Container {
         if req.method() != Method::GET {
             return server::method_not_allowed("GET");
         }
-        let header = req.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+        let mut values = req.headers().get_all(AUTHORIZATION).iter();
+        let header = values.next().map(|v| v.as_bytes());
+        if values.next().is_some() {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "AmbiguousAuthorization",
+                "send exactly one Authorization header",
+            );
+        }
         let mut check = role.tokens().check(header);
         if check == Check::Wrong {
             // The file may have been rotated since the watcher last looked

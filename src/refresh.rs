@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, Mutex};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::creds::format_timestamp;
+use crate::creds::{format_timestamp, Credentials};
 use crate::metrics::{Metrics, Outcome};
 use crate::state::{Clock, RoleState};
 use crate::sts::{ErrorClass, FetchError, SharedFetcher};
@@ -95,6 +95,7 @@ impl Refresher {
         let result = self.fetcher.fetch().await;
         let took = started.elapsed().as_secs_f64();
         let now = self.clock.now();
+        let result = result.and_then(|c| usable(c, now, self.role.spec.timing.min_remaining));
 
         match result {
             Ok(creds) => {
@@ -185,6 +186,29 @@ impl Refresher {
             }
         }
     }
+}
+
+/// Refuses a credential that is already at or under the serving floor when
+/// it arrives (F01): publishing it would replace good credentials with
+/// nothing servable, and scheduling from it would renew in a tight loop.
+fn usable(c: Credentials, now: SystemTime, floor: Duration) -> Result<Credentials, FetchError> {
+    if c.expires() > now + floor {
+        return Ok(c);
+    }
+    let left = c.expires().duration_since(now).map(|d| d.as_secs() as i64);
+    let left = left.unwrap_or_else(|e| -(e.duration().as_secs() as i64));
+    let mut e = FetchError::new(
+        ErrorClass::NeedsOperator,
+        "ExpiredOnArrival",
+        format!(
+            "STS returned credentials expiring at {} ({left}s from now), under the serving \
+             floor of {}s",
+            format_timestamp(c.expires()),
+            floor.as_secs()
+        ),
+    );
+    e.hint = Some("check this host's clock (NTP) and what the STS endpoint returns".into());
+    Err(e)
 }
 
 pub fn unix(t: SystemTime) -> f64 {

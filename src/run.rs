@@ -115,6 +115,18 @@ pub fn serve(args: ServeArgs) -> u8 {
 }
 
 async fn serve_async(args: ServeArgs, mut settings: Settings) -> u8 {
+    // First of all, so that a SIGHUP or SIGTERM during start-up is queued
+    // and handled once serving, instead of killing the process.
+    let signals = match signal::listen() {
+        Ok(s) => s,
+        Err(e) => {
+            fatal(
+                &args.server,
+                &format!("cannot install signal handlers: {e}"),
+            );
+            return EXIT_FAILURE;
+        }
+    };
     let (base, chained) = match prepare_base(&mut settings).await {
         Ok(b) => b,
         Err((code, msg)) => {
@@ -166,13 +178,6 @@ async fn serve_async(args: ServeArgs, mut settings: Settings) -> u8 {
         }
     }
 
-    let signals = match signal::listen() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("credvend: cannot install signal handlers: {e}");
-            return EXIT_FAILURE;
-        }
-    };
     let shared = app.shared.clone();
     tokio::spawn(announce_ready(shared.clone()));
     if let Some(every) = signal::watchdog_interval() {
@@ -342,7 +347,7 @@ fn log_listening(app: &App, base: &Base) {
             sts_endpoint = %base.endpoint_for(&r.source),
             duration_s = r.source.duration.as_secs(),
             refresh_lead_s = r.timing.lead.as_secs(),
-            url = %s.full_uri(r),
+            url = %app.full_uri(r),
             token_file = %r.token_file.display(),
             "role configured"
         );

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -149,7 +149,11 @@ async fn timed<H: Handler>(h: &H, req: Request<Incoming>) -> Response<Body> {
 
 fn has_body(req: &Request<Incoming>) -> bool {
     let h = req.headers();
-    h.contains_key(TRANSFER_ENCODING) || h.get(CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0")
+    // hyper has validated Content-Length; "00" is still no body.
+    let length = h
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    h.contains_key(TRANSFER_ENCODING) || length.is_some_and(|n| n > 0)
 }
 
 /// A `{"code","message"}` JSON error.
@@ -200,10 +204,6 @@ pub fn unavailable(code: &str, message: &str, retry_after_s: u64) -> Response<Bo
     r.headers_mut()
         .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after_s));
     r
-}
-
-pub fn is_get(m: &Method) -> bool {
-    m == Method::GET || m == Method::HEAD
 }
 
 #[cfg(test)]

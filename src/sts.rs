@@ -548,15 +548,17 @@ impl StsFetcher {
                     .map(str::to_string)
                     .unwrap_or_else(|| match status {
                         Some(429) => "Throttling".into(),
-                        Some(s) if s >= 500 => format!("HTTP{s}"),
+                        Some(s) if (200..300).contains(&s) => "InvalidResponse".into(),
                         Some(s) => format!("HTTP{s}"),
                         None => "Unknown".into(),
                     });
-                let msg = se
-                    .err()
-                    .message()
-                    .unwrap_or("STS returned an error")
-                    .to_string();
+                let fallback = match status {
+                    Some(s) if (200..300).contains(&s) => {
+                        "STS answered 200 with a body that is not an STS response"
+                    }
+                    _ => "STS returned an error",
+                };
+                let msg = se.err().message().unwrap_or(fallback).to_string();
                 (code, status, msg)
             }
             SdkError::TimeoutError(_) => (
@@ -582,6 +584,12 @@ impl StsFetcher {
                 format!("the STS request could not be built: {}", error_chain(&e)),
             ),
             _ => ("InvalidResponse".to_string(), None, error_chain(&e)),
+        };
+        // STS quotes invalid parameter values in its messages; never let it
+        // quote the external id.
+        let message = match &self.spec.external_id {
+            Some(x) => message.replace(x.as_str(), "<external-id>"),
+            None => message,
         };
         let class = classify(&code, status);
         let hint = hint(&code, &self.spec);

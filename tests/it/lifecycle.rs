@@ -21,6 +21,8 @@ fn readyz_follows_credentials_through_outage_recovery_and_shutdown() {
         .args(&[
             "--min-remaining",
             "2s",
+            "--backoff-base",
+            "100ms",
             "--backoff-cap",
             "500ms",
             "--shutdown-delay",

@@ -14,6 +14,7 @@ mod leak;
 mod lifecycle;
 mod metrics;
 mod renewal;
+mod review;
 mod roles;
 mod startup;
 mod wire;

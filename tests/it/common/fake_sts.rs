@@ -25,6 +25,10 @@ pub enum Step {
     OkFor(Duration),
     /// An STS error: HTTP status and error code.
     Fail(u16, &'static str),
+    /// An STS error with its message.
+    FailWith(u16, &'static str, &'static str),
+    /// A "success" whose credentials expired a minute ago.
+    Expired,
     /// Wait, then do the inner step.
     Slow(Duration, Box<Step>),
 }
@@ -176,7 +180,8 @@ async fn respond(
     }
     let action = form.get("Action").cloned().unwrap_or_default();
     let lifetime = match step {
-        Step::Fail(status, code) => return error(status, code),
+        Step::Fail(status, code) => return error(status, code, &format!("fake STS says {code}")),
+        Step::FailWith(status, code, message) => return error(status, code, message),
         Step::OkFor(d) => d,
         _ => Duration::from_secs(
             form.get("DurationSeconds")
@@ -192,7 +197,10 @@ async fn respond(
         .lock()
         .unwrap()
         .extend([key.clone(), secret.clone(), token.clone()]);
-    let expires = format_time(SystemTime::now() + lifetime);
+    let expires = match step {
+        Step::Expired => format_time(SystemTime::now() - Duration::from_secs(60)),
+        _ => format_time(SystemTime::now() + lifetime),
+    };
     let session = form.get("RoleSessionName").cloned().unwrap_or_default();
     let role = form
         .get("RoleArn")
@@ -219,10 +227,10 @@ async fn respond(
         .unwrap()
 }
 
-fn error(status: u16, code: &str) -> Response<Full<Bytes>> {
+fn error(status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
     let xml = format!(
         "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error>\
-         <Type>Sender</Type><Code>{code}</Code><Message>fake STS says {code}</Message></Error>\
+         <Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>\
          <RequestId>req-err</RequestId></ErrorResponse>"
     );
     Response::builder()
