@@ -230,6 +230,7 @@ impl App {
         let mode = self.settings.server.token_file_mode;
         let (tokens, created) = auth::load_or_create(&spec.token_file, mode)
             .with_context(|| format!("role `{}`", spec.name))?;
+        warn_if_padded(&spec.name, &spec.token_file, &tokens);
         if created {
             tracing::info!(role = %spec.name, path = %spec.token_file.display(), "auth token file created");
         }
@@ -452,6 +453,18 @@ pub fn reload_tokens(shared: &Shared, grace: Duration, mode: u32) {
     }
 }
 
+fn warn_if_padded(role: &str, path: &std::path::Path, t: &auth::TokenSet) {
+    if t.padded() {
+        tracing::warn!(
+            role,
+            path = %path.display(),
+            "the auth token file ends with a newline or spaces: credvend ignores them, but AWS \
+             SDKs send the file as it is and refuse it; rewrite it without them \
+             (printf '%s' TOKEN > FILE)"
+        );
+    }
+}
+
 /// Re-reads one role's token file if it changed; true if it did.
 pub fn reload_token(shared: &Shared, role: &RoleState, grace: Duration, mode: u32) -> bool {
     let path = &role.spec.token_file;
@@ -470,6 +483,7 @@ pub fn reload_token(shared: &Shared, role: &RoleState, grace: Duration, mode: u3
     };
     match auth::load(path) {
         Ok(next) => {
+            warn_if_padded(role.name(), path, &next);
             let changed = !current.same_token(&next);
             role.set_tokens(current.rotated(next, grace));
             if changed {

@@ -45,6 +45,8 @@ pub struct TokenSet {
     previous: Option<(Zeroizing<Vec<u8>>, Instant)>,
     /// What the file looked like when it was read, to notice rotation.
     stamp: FileStamp,
+    /// The file had whitespace (a newline) around the token.
+    padded: bool,
 }
 
 impl std::fmt::Debug for TokenSet {
@@ -97,7 +99,15 @@ impl TokenSet {
             current: self.current.clone(),
             previous: self.previous.clone(),
             stamp,
+            padded: self.padded,
         }
+    }
+
+    /// True when the file held whitespace around the token. credvend trims
+    /// it, but SDKs send the file's content as it is and refuse a header
+    /// value with CR or LF, so such a file breaks every client.
+    pub fn padded(&self) -> bool {
+        self.padded
     }
 
     /// True when both sets hold the same current token.
@@ -205,6 +215,7 @@ fn read(path: &Path) -> Result<TokenSet, ReadError> {
     Ok(TokenSet {
         current: Zeroizing::new(trimmed.to_vec()),
         previous: None,
+        padded: trimmed.len() != raw.len(),
         stamp: stamp.unwrap_or(FileStamp {
             modified: None,
             inode: 0,

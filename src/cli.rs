@@ -168,7 +168,7 @@ pub struct RoleArgs {
     )]
     pub external_id: Option<String>,
 
-    /// Session duration asked of STS (15m to 12h).
+    /// Session duration asked of STS, 15m to 12h [default: 1h].
     #[arg(long, env = "CREDVEND_DURATION", value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
@@ -209,7 +209,7 @@ pub struct RoleArgs {
     pub refresh_lead: Option<Duration>,
 
     /// Stop serving a credential this long before it really expires (while
-    /// renewal fails); requests then get 503.
+    /// renewal fails); requests then get 503 [default: 1m].
     #[arg(long, env = "CREDVEND_MIN_REMAINING", value_name = "DURATION", value_parser = parse_duration)]
     pub min_remaining: Option<Duration>,
 

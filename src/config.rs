@@ -136,10 +136,18 @@ pub fn load(args: &ServeArgs) -> Result<Settings, ConfigError> {
         timing::MIN_SESSION
     };
     let mut roles = Vec::new();
-    let file_roles = match &server.config {
+    let mut file_roles = match &server.config {
         Some(path) => load_file(path, min_session)?,
         None => Vec::new(),
     };
+    // --region and --sts-endpoint (or AWS_ENDPOINT_URL_STS) are defaults
+    // for the file's roles: a role pointed at an emulator by flag must not
+    // quietly go to the real STS because the file does not repeat it.
+    let endpoint = default_endpoint(&args.role)?;
+    for r in &mut file_roles {
+        r.source.region = r.source.region.take().or_else(|| args.role.region.clone());
+        r.source.sts_endpoint = r.source.sts_endpoint.take().or_else(|| endpoint.clone());
+    }
     let flags_define_role = server.config.is_none()
         || args.role.role_arn.is_some()
         || args.role.web_identity_token_file.is_some();
@@ -171,6 +179,31 @@ pub fn load(args: &ServeArgs) -> Result<Settings, ConfigError> {
         advertise_host,
         roles,
     })
+}
+
+/// `--sts-endpoint`, else `AWS_ENDPOINT_URL_STS` (unless the SDK's
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is set), checked once here so that
+/// logs and `check` name the endpoint really used.
+fn default_endpoint(r: &RoleArgs) -> Result<Option<String>, ConfigError> {
+    let ignore_env = std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+        .is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let env = (!ignore_env)
+        .then(|| std::env::var("AWS_ENDPOINT_URL_STS").ok())
+        .flatten()
+        .filter(|v| !v.is_empty());
+    let (source, value) = match (&r.sts_endpoint, env) {
+        (Some(v), _) => ("--sts-endpoint", Some(v.clone())),
+        (None, Some(v)) => ("AWS_ENDPOINT_URL_STS", Some(v)),
+        (None, None) => ("", None),
+    };
+    if let Some(v) = &value {
+        if !(v.starts_with("http://") || v.starts_with("https://")) {
+            return Err(invalid(format!(
+                "{source} {v} is not an http:// or https:// URL"
+            )));
+        }
+    }
+    Ok(value)
 }
 
 /// Server settings that parse but cannot work.
@@ -355,7 +388,7 @@ fn role_from_flags(r: &RoleArgs, min_session: Duration) -> Result<RoleSpec, Conf
     let raw = RawRole {
         role_arn: None,
         region: r.region.clone(),
-        sts_endpoint: r.sts_endpoint.clone(),
+        sts_endpoint: default_endpoint(r)?,
         web_identity_token_file: None,
         session_name: r.session_name.clone(),
         external_id: r.external_id.clone(),

@@ -64,7 +64,12 @@ pub fn init_logging(server: &ServerArgs) {
             tracing::Level::ERROR | tracing::Level::WARN | tracing::Level::INFO
         ) || !is_capped(meta.target())
     });
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a terminal: journald, files and kubectl logs get
+    // plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let layer = match server.log_format {
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
         LogFormat::Text => fmt.with_target(false).boxed(),
@@ -384,7 +389,10 @@ pub fn env(args: EnvArgs) -> u8 {
     let wanted = args.role_name.as_deref().unwrap_or(config::DEFAULT_ROLE);
     let Some(role) = settings.roles.iter().find(|r| r.name == wanted) else {
         let names: Vec<_> = settings.roles.iter().map(|r| r.name.as_str()).collect();
-        eprintln!("credvend: no role `{wanted}`; roles: {}", names.join(", "));
+        eprintln!(
+            "credvend: no role `{wanted}`; pick one with --role NAME: {}",
+            names.join(", ")
+        );
         return EXIT_CONFIG;
     };
     let token = std::path::absolute(&role.token_file).unwrap_or(role.token_file.clone());

@@ -284,6 +284,18 @@ impl Base {
              configured profile, or run on EC2 with an instance profile (in containers the \
              IMDS hop limit must be 2 or more); or use --web-identity-token-file, which needs \
              no base credentials";
+        let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+        if set("AWS_ACCESS_KEY_ID") != set("AWS_SECRET_ACCESS_KEY") {
+            let (has, lacks) = if set("AWS_ACCESS_KEY_ID") {
+                ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+            } else {
+                ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
+            };
+            return Err(StartupError::NoBaseCredentials(format!(
+                "{has} is set but {lacks} is not: set both (and AWS_SESSION_TOKEN for temporary \
+                 keys), or unset {has} to use the rest of the default chain"
+            )));
+        }
         let Some(provider) = self.sdk.credentials_provider() else {
             return Err(StartupError::NoBaseCredentials(format!(
                 "no base credentials for STS: {tried}; {fix}"

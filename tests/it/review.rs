@@ -307,3 +307,65 @@ fn settings_that_cannot_work_are_refused() {
     assert_eq!(code, Some(64));
     assert!(err.contains("role names"), "{err}");
 }
+
+#[test]
+fn config_roles_take_the_region_and_endpoint_flags_as_defaults() {
+    // A role pointed at an emulator by flag must not go to the real STS
+    // because the file does not repeat the endpoint.
+    let sts = FakeSts::start();
+    let b = DaemonBuilder::new("review-defaults");
+    let cfg = b.dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[roles.a]\nrole_arn = \"{ROLE_ARN}\"\ntoken_file = \"{}\"\n",
+            b.dir.join("a.token").display()
+        ),
+    )
+    .unwrap();
+    let d = b
+        .no_env("AWS_REGION")
+        .args(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--sts-endpoint",
+            &sts.url(),
+        ])
+        .start();
+    assert_eq!(sts.calls(), 1);
+    let line = d.wait_log("role configured", Duration::from_secs(1));
+    assert_eq!(line["sts_endpoint"], sts.url());
+
+    // The same through AWS_ENDPOINT_URL_STS alone.
+    let sts2 = FakeSts::start();
+    let b = DaemonBuilder::new("review-envep");
+    let d = b
+        .env("AWS_ENDPOINT_URL_STS", &sts2.url())
+        .args(&["--role-arn", ROLE_ARN])
+        .start();
+    assert_eq!(sts2.calls(), 1);
+    let line = d.wait_log("role configured", Duration::from_secs(1));
+    assert_eq!(line["sts_endpoint"], sts2.url());
+}
+
+#[test]
+fn a_token_file_with_a_newline_gets_a_warning_naming_the_fix() {
+    let b = DaemonBuilder::new("review-padded");
+    std::fs::write(b.dir.join("token"), "operator-token-with-newline-0001\n").unwrap();
+    let d = b.moto_role().start();
+    let w = d.wait_log("ends with a newline", Duration::from_secs(1));
+    assert_eq!(w["level"], "WARN");
+    assert!(w["message"].as_str().unwrap().contains("printf"));
+}
+
+#[test]
+fn a_key_id_without_its_secret_is_named() {
+    let mut d = DaemonBuilder::new("review-halfkey")
+        .no_env("AWS_SECRET_ACCESS_KEY")
+        .moto_role()
+        .spawn();
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(69));
+    assert!(d
+        .log_text()
+        .contains("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"));
+}
