@@ -31,21 +31,39 @@ impl Handler for Container {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let role = match self.shared.roles.load().by_path(req.uri().path()) {
-            Some(r) => r.clone(),
-            None => return server::not_found(),
+        match self.answer_now(&req) {
+            Ok(resp) => resp,
+            // Only a role without credentials yet waits (F11 cold start).
+            Err(role) => {
+                let answer = role
+                    .answer_waiting(|| self.shared.clock.now(), false, self.shared.cold_wait)
+                    .await;
+                respond(&role, answer, "application/json")
+            }
+        }
+    }
+}
+
+impl Container {
+    /// Everything that needs no waiting, on borrowed state: the hot path
+    /// touches no shared reference count but the body's. Err(role) when the
+    /// role has no credentials yet and the request should wait for them.
+    fn answer_now(&self, req: &Request<Incoming>) -> Result<Response<Body>, Arc<RoleState>> {
+        let roles = self.shared.roles.load();
+        let Some(role) = roles.by_path(req.uri().path()) else {
+            return Ok(server::not_found());
         };
         if req.method() != Method::GET {
-            return server::method_not_allowed("GET");
+            return Ok(server::method_not_allowed("GET"));
         }
         let mut values = req.headers().get_all(AUTHORIZATION).iter();
         let header = values.next().map(|v| v.as_bytes());
         if values.next().is_some() {
-            return json_error(
+            return Ok(json_error(
                 StatusCode::BAD_REQUEST,
                 "AmbiguousAuthorization",
                 "send exactly one Authorization header",
-            );
+            ));
         }
         let mut check = role.tokens().check(header);
         if check == Check::Wrong {
@@ -53,19 +71,19 @@ impl Handler for Container {
             // (it polls every second) and the client read the new token
             // already: look now rather than refuse it.
             let s = &self.shared;
-            if crate::app::reload_token(s, &role, s.token_grace, s.token_mode) {
+            if crate::app::reload_token(s, role, s.token_grace, s.token_mode) {
                 check = role.tokens().check(header);
             }
         }
         match check {
             Check::Current => {}
             Check::Previous => self.shared.metrics.previous_token_used(role.name()),
-            denied => return unauthorized(denied),
+            denied => return Ok(unauthorized(denied)),
         }
-        let answer = role
-            .answer_waiting(|| self.shared.clock.now(), false, self.shared.cold_wait)
-            .await;
-        respond(&role, answer, "application/json")
+        match role.answer(self.shared.clock.now(), false) {
+            Answer::Cold(_) => Err(role.clone()),
+            answer => Ok(respond(role, answer, "application/json")),
+        }
     }
 }
 
