@@ -19,6 +19,7 @@ pub mod generate;
 pub mod imds;
 pub mod metrics;
 pub mod refresh;
+pub mod reqstats;
 pub mod run;
 pub mod server;
 pub mod signal;
