@@ -206,10 +206,7 @@ impl App {
     /// differs from the configured one when that was 0).
     pub fn full_uri(&self, role: &RoleSpec) -> String {
         let port = self.listen.first().map(|a| a.port()).unwrap_or(0);
-        format!(
-            "http://{}:{}{}",
-            self.settings.advertise_host, port, role.path
-        )
+        self.settings.full_uri_on(port, role)
     }
 
     /// The IMDS addresses bound, by role.

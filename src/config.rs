@@ -112,9 +112,15 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The URL a workload puts in AWS_CONTAINER_CREDENTIALS_FULL_URI for a role.
+    /// The URL a workload puts in AWS_CONTAINER_CREDENTIALS_FULL_URI for a
+    /// role, on the configured port.
     pub fn full_uri(&self, role: &RoleSpec) -> String {
-        let port = self.listen.first().map(|a| a.port()).unwrap_or(0);
+        self.full_uri_on(self.listen.first().map(|a| a.port()).unwrap_or(0), role)
+    }
+
+    /// The same URL on a given port (the one really bound, when the
+    /// configured port was 0).
+    pub fn full_uri_on(&self, port: u16, role: &RoleSpec) -> String {
         format!("http://{}:{}{}", self.advertise_host, port, role.path)
     }
 }

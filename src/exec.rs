@@ -338,8 +338,7 @@ async fn first_credentials(
 fn child_env(app: &App, dir: &PrivateDir) -> Result<Vec<(OsString, OsString)>, ExecError> {
     let settings = app.settings();
     let role = &settings.roles[0];
-    let port = app.listen.first().map(|a| a.port()).unwrap_or(0);
-    let url = format!("http://{}:{port}{}", settings.advertise_host, role.path);
+    let url = app.full_uri(role);
 
     let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
         .filter(|(k, _)| {

@@ -17,19 +17,18 @@ fn serve_config(text: &str) -> (Option<i32>, String) {
     let dir = TempDir::new("review-cfg");
     let path = dir.join("c.toml");
     std::fs::write(&path, text.replace("DIR", dir.path().to_str().unwrap())).unwrap();
-    let out = Command::new(bin())
-        .args([
+    let out = credvend_once(
+        &[
             "serve",
             "--config",
             path.to_str().unwrap(),
             "--role-arn",
             ROLE_ARN,
-        ])
-        .args(["--token-file", dir.join("flag.token").to_str().unwrap()])
-        .env_clear()
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .unwrap();
+            "--token-file",
+            dir.join("flag.token").to_str().unwrap(),
+        ],
+        &[("AWS_REGION", "us-east-1")],
+    );
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -105,12 +104,10 @@ fn duplicate_role_names_and_token_files_however_spelled_are_refused() {
         ),
     )
     .unwrap();
-    let out = Command::new(bin())
-        .args(["serve", "--config", path.to_str().unwrap()])
-        .env_clear()
-        .env("AWS_REGION", "us-east-1")
-        .output()
-        .unwrap();
+    let out = credvend_once(
+        &["serve", "--config", path.to_str().unwrap()],
+        &[("AWS_REGION", "us-east-1")],
+    );
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("share the token file"));
 }

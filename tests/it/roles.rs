@@ -1,7 +1,6 @@
 //! Issue 4, item 3: several roles in one daemon from a TOML config, each
 //! behind its own token, on its own schedule, failing alone.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::fake_sts::{FakeSts, Step};
@@ -127,11 +126,10 @@ fn env_prints_a_config_roles_lines() {
     let dir = TempDir::new("roles-env");
     let path = dir.join("c.toml");
     std::fs::write(&path, role("beta", &sts, &dir, "1h", "35m")).unwrap();
-    let out = Command::new(bin())
-        .args(["env", "--config", path.to_str().unwrap(), "--role", "beta"])
-        .env_clear()
-        .output()
-        .unwrap();
+    let out = credvend_once(
+        &["env", "--config", path.to_str().unwrap(), "--role", "beta"],
+        &[],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -146,11 +144,10 @@ fn env_prints_a_config_roles_lines() {
             dir.join("beta.token").display()
         )
     );
-    let out = Command::new(bin())
-        .args(["env", "--config", path.to_str().unwrap(), "--role", "nope"])
-        .env_clear()
-        .output()
-        .unwrap();
+    let out = credvend_once(
+        &["env", "--config", path.to_str().unwrap(), "--role", "nope"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("beta"));
 }
@@ -186,12 +183,10 @@ fn config_errors_name_the_file_the_role_and_the_key() {
     for (text, says) in cases {
         let path = dir.join("c.toml");
         std::fs::write(&path, &text).unwrap();
-        let out = Command::new(bin())
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .env_clear()
-            .env("AWS_REGION", "us-east-1")
-            .output()
-            .unwrap();
+        let out = credvend_once(
+            &["serve", "--config", path.to_str().unwrap()],
+            &[("AWS_REGION", "us-east-1")],
+        );
         assert_eq!(out.status.code(), Some(64), "{says}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(

@@ -133,11 +133,7 @@ fn missing_web_identity_token_file_names_the_file() {
 
 #[test]
 fn bad_flag_values_exit_64() {
-    let out = std::process::Command::new(bin())
-        .args(["serve", "--duration", "forever"])
-        .env_clear()
-        .output()
-        .unwrap();
+    let out = credvend_once(&["serve", "--duration", "forever"], &[]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
 }

@@ -2,7 +2,6 @@
 //! wire contract, byte for byte where SDKs care.
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
@@ -148,12 +147,18 @@ fn env_prints_exactly_one_variable_of_each_pair() {
     // F08: FULL_URI (not RELATIVE_URI) and TOKEN_FILE (not TOKEN).
     let dir = TempDir::new("wire-env");
     let token = dir.join("t");
-    let out = Command::new(bin())
-        .args(["env", "--role-arn", ROLE_ARN, "--listen", "127.0.0.1:9911"])
-        .args(["--token-file", token.to_str().unwrap()])
-        .env_clear()
-        .output()
-        .unwrap();
+    let out = credvend_once(
+        &[
+            "env",
+            "--role-arn",
+            ROLE_ARN,
+            "--listen",
+            "127.0.0.1:9911",
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert!(
         out.status.success(),
         "{}",

@@ -516,6 +516,17 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs credvend for a command that ends by itself (`env`, a start-up
+/// that must fail), with a clean environment plus `env`.
+pub fn credvend_once(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(bin())
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .expect("credvend runs")
+}
+
 /// Runs a client command with a clean environment plus `env`; returns
 /// (success, stdout, stderr).
 pub fn client(cmd: &Path, args: &[&str], env: &[(String, String)]) -> (bool, String, String) {
